@@ -1,0 +1,81 @@
+"""The ``relay`` console entry point: ``run`` (the service) and ``sim`` (a MindVideo simulator)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+from pydantic import ValidationError
+
+from relay import __version__
+from relay.logs import setup_logging
+from relay.service import Relay
+from relay.settings import RelaySettings
+
+log = logging.getLogger("relay")
+
+
+async def _serve(settings: RelaySettings) -> int:
+    relay = Relay(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await relay.start()
+    waiter = asyncio.create_task(relay.wait())
+    stopper = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    failed = waiter in done and waiter.exception() is not None
+    if failed:
+        log.error("the consume loop failed", exc_info=waiter.exception())
+    stopper.cancel()
+    await relay.stop()
+    return 1 if failed else 0
+
+
+def _cmd_run(_: argparse.Namespace) -> int:
+    try:
+        settings = RelaySettings()
+    except ValidationError as exc:
+        print(f"relay: invalid configuration:\n{exc}", file=sys.stderr)
+        return 2
+    setup_logging(settings.log_level, settings.log_format)
+    return asyncio.run(_serve(settings))
+
+
+def _cmd_sim(args: argparse.Namespace) -> int:
+    from relay.sim import cli as sim_cli
+
+    setup_logging("INFO", "auto")
+    return sim_cli.run(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="relay", description="Run MindVideo generation tasks from a Kafka topic."
+    )
+    parser.add_argument("--version", action="version", version=f"mindvideo-relay {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser(
+        "run", help="run the relay service (configured by RELAY_* environment variables)"
+    )
+    run.set_defaults(func=_cmd_run)
+    sim = commands.add_parser("sim", help="run a MindVideo simulator for local use and tests")
+    from relay.sim import cli as sim_cli
+
+    sim_cli.add_arguments(sim)
+    sim.set_defaults(func=_cmd_sim)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,206 @@
+"""Consumes the requests topic in a consumer group and runs many requests per partition at once.
+
+Offsets are committed only below the lowest unfinished record (``offsets.PartitionWork``). A
+partition whose work is full is paused (backpressure) and resumed as its tasks finish; everything is
+paused while the credentials gate is closed, and ``getmany`` keeps being called so the member stays
+in the group. On revocation the finished offsets are committed and the rest of the work is stopped:
+its state is in Redis and the next owner resumes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
+
+from relay.backoff import Backoff
+from relay.gate import CredentialGate
+from relay.metrics import RelayMetrics
+from relay.offsets import PartitionWork
+from relay.publisher import SourceRecord
+
+log = logging.getLogger(__name__)
+
+FETCH_TIMEOUT_MS = 200
+Process = Callable[[SourceRecord], Awaitable[None]]
+
+
+class RequestConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Feeds records to ``process`` with bounded concurrency and ordered commits."""
+
+    def __init__(
+        self,
+        consumer: AIOKafkaConsumer,
+        process: Process,
+        metrics: RelayMetrics,
+        gate: CredentialGate,
+        *,
+        topic: str,
+        max_in_flight_per_partition: int,
+        max_in_flight: int,
+        commit_interval_s: float,
+        retry_backoff: Backoff,
+    ) -> None:
+        self._consumer = consumer
+        self._process = process
+        self._metrics = metrics
+        self._gate = gate
+        self._topic = topic
+        self._per_partition = max_in_flight_per_partition
+        self._max_in_flight = max_in_flight
+        self._commit_interval_s = commit_interval_s
+        self._retry_backoff = retry_backoff
+        self._work: dict[TopicPartition, PartitionWork] = {}
+        self._paused: set[TopicPartition] = set()
+        self._stopping = asyncio.Event()
+
+    @property
+    def in_flight(self) -> int:
+        return sum(len(w) for w in self._work.values())
+
+    def subscribe(self) -> None:
+        self._consumer.subscribe([self._topic], listener=self)
+
+    async def run(self) -> None:
+        """Fetch, dispatch and commit until ``stop_fetching`` is called."""
+        commit_task = asyncio.create_task(self._commit_loop(), name="offset-commits")
+        try:
+            while not self._stopping.is_set():
+                self._apply_backpressure()
+                capacity = self._max_in_flight - self.in_flight
+                batch = await self._consumer.getmany(
+                    timeout_ms=FETCH_TIMEOUT_MS, max_records=max(1, capacity)
+                )
+                for tp, records in batch.items():
+                    work = self._work.get(tp)
+                    if work is None:
+                        continue
+                    for record in records:
+                        self._dispatch(tp, work, record)
+        finally:
+            commit_task.cancel()
+            await asyncio.gather(commit_task, return_exceptions=True)
+
+    def stop_fetching(self) -> None:
+        self._stopping.set()
+
+    async def drain(self, grace_s: float) -> None:
+        """Let in-flight work finish for up to ``grace_s``, then stop the rest and commit."""
+        tasks = [t for w in self._work.values() for t in w.tasks.values()]
+        if tasks:
+            log.info("draining in-flight work", extra={"in_flight": len(tasks), "grace_s": grace_s})
+            await asyncio.wait(tasks, timeout=grace_s)
+        await self._stop_work(list(self._work))
+        await self.commit()
+
+    async def commit(self, partitions: list[TopicPartition] | None = None) -> None:
+        offsets: dict[TopicPartition, int] = {}
+        for tp in partitions if partitions is not None else list(self._work):
+            work = self._work.get(tp)
+            position = work.committable() if work is not None else None
+            if work is not None and position is not None:
+                offsets[tp] = position
+        if not offsets:
+            return
+        await self._consumer.commit(offsets)
+        for tp, position in offsets.items():
+            self._work[tp].committed = position
+        self._metrics.offsets_committed.inc()
+
+    # ConsumerRebalanceListener
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        mine = [tp for tp in revoked if tp in self._work]
+        if not mine:
+            return
+        await self._stop_work(mine)
+        try:
+            await self.commit(mine)
+        except KafkaError as exc:
+            log.warning(
+                "commit on revocation failed; the next owner re-reads finished records",
+                extra={"reason": repr(exc)},
+            )
+        for tp in mine:
+            self._work.pop(tp, None)
+            self._paused.discard(tp)
+        log.info("partitions revoked", extra={"partitions": sorted(tp.partition for tp in mine)})
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        for tp in assigned:
+            self._work.setdefault(tp, PartitionWork())
+        self._paused.intersection_update(assigned)
+        log.info(
+            "partitions assigned", extra={"partitions": sorted(tp.partition for tp in assigned)}
+        )
+
+    def _dispatch(self, tp: TopicPartition, work: PartitionWork, record: object) -> None:
+        source = SourceRecord(
+            topic=tp.topic,
+            partition=tp.partition,
+            offset=record.offset,  # type: ignore[attr-defined]
+            key=record.key,  # type: ignore[attr-defined]
+            value=record.value,  # type: ignore[attr-defined]
+            timestamp_ms=record.timestamp or 0,  # type: ignore[attr-defined]
+        )
+        self._metrics.records_consumed.inc()
+        task = asyncio.create_task(
+            self._handle(work, source), name=f"record-{tp.partition}-{source.offset}"
+        )
+        work.add(source.offset, task)
+        self._metrics.in_flight.inc()
+
+    async def _handle(self, work: PartitionWork, source: SourceRecord) -> None:
+        attempt = 0
+        try:
+            while True:
+                try:
+                    await self._process(source)
+                    break
+                except (asyncio.CancelledError, KeyboardInterrupt):
+                    raise
+                except Exception:
+                    attempt += 1
+                    delay = self._retry_backoff.delay_s(attempt)
+                    log.exception(
+                        "processing failed; retrying the record",
+                        extra={
+                            "partition": source.partition,
+                            "offset": source.offset,
+                            "attempt": attempt,
+                            "delay_s": round(delay, 3),
+                        },
+                    )
+                    await asyncio.sleep(delay)
+            work.done(source.offset)
+        finally:
+            self._metrics.in_flight.dec()
+
+    async def _stop_work(self, partitions: list[TopicPartition]) -> None:
+        tasks = [t for tp in partitions if tp in self._work for t in self._work[tp].tasks.values()]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _apply_backpressure(self) -> None:
+        full_total = self.in_flight >= self._max_in_flight
+        for tp, work in self._work.items():
+            should_pause = not self._gate.is_open or full_total or len(work) >= self._per_partition
+            if should_pause and tp not in self._paused:
+                self._consumer.pause(tp)
+                self._paused.add(tp)
+            elif not should_pause and tp in self._paused:
+                self._consumer.resume(tp)
+                self._paused.discard(tp)
+        self._metrics.partitions_paused.set(len(self._paused))
+
+    async def _commit_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._commit_interval_s)
+            try:
+                await self.commit()
+            except KafkaError as exc:
+                log.warning("offset commit failed; will retry", extra={"reason": repr(exc)})

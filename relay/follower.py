@@ -1,0 +1,145 @@
+"""Follow one MindVideo task to its terminal status: event stream first, polling as fallback.
+
+The stream is resumed with ``Last-Event-ID`` after a break. When it is unavailable (no such
+endpoint, wrong content type, connection failures) the follower polls ``GET /tasks/{id}`` and tries
+the stream again after 1, 2, 4 … 32 polls, so a MindVideo without streams costs one extra request
+per 32 polls and a flaky stream is back in use within seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from pydantic import ValidationError
+
+from relay.exceptions import StreamUnavailable
+from relay.metrics import RelayMetrics
+from relay.mindvideo import MindVideoClient
+from relay.models import TERMINAL_STATUSES, TaskSnapshot, normalize_status
+from relay.sse import ServerSentEvent
+
+log = logging.getLogger(__name__)
+
+MAX_STREAM_RETRY_EVERY_POLLS = 32
+OnEventId = Callable[[str], Awaitable[None]]
+
+
+class FollowTimeout(Exception):
+    """The task did not reach a terminal status within the relay's task timeout."""
+
+
+class TaskFollower:
+    """Turns a task id into its terminal snapshot, reporting each event id as it goes."""
+
+    def __init__(
+        self,
+        client: MindVideoClient,
+        metrics: RelayMetrics,
+        *,
+        poll_interval_s: float,
+        stream_idle_timeout_s: float,
+        task_timeout_s: float,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self._client = client
+        self._metrics = metrics
+        self._poll_interval_s = poll_interval_s
+        self._idle_timeout_s = stream_idle_timeout_s
+        self._task_timeout_s = task_timeout_s
+        self._clock = clock
+        self._sleep = sleep
+
+    async def follow(
+        self, task_id: str, last_event_id: str | None, on_event_id: OnEventId
+    ) -> TaskSnapshot:
+        deadline = self._clock() + self._task_timeout_s
+        stream_failures = 0
+        polls_until_stream = 0
+        while True:
+            if polls_until_stream <= 0:
+                try:
+                    snapshot, last_event_id = await self._from_stream(
+                        task_id, last_event_id, on_event_id
+                    )
+                    if snapshot is not None:
+                        return snapshot
+                    stream_failures = 0
+                except StreamUnavailable as exc:
+                    stream_failures += 1
+                    polls_until_stream = min(
+                        2 ** (stream_failures - 1), MAX_STREAM_RETRY_EVERY_POLLS
+                    )
+                    self._metrics.stream_fallbacks.inc()
+                    log.info(
+                        "event stream unavailable, polling",
+                        extra={"task_id": task_id, "reason": str(exc), "failures": stream_failures},
+                    )
+            snapshot = await self._client.get_task(task_id)
+            if snapshot.terminal:
+                return snapshot
+            if self._clock() >= deadline:
+                raise FollowTimeout(f"task {task_id} not terminal after {self._task_timeout_s}s")
+            if polls_until_stream > 0:
+                polls_until_stream -= 1
+                await self._sleep(self._poll_interval_s)
+
+    async def _from_stream(
+        self, task_id: str, last_event_id: str | None, on_event_id: OnEventId
+    ) -> tuple[TaskSnapshot | None, str | None]:
+        """Read the stream until it closes; the terminal snapshot if it came, and the last id.
+
+        A stream that closes without a single new event counts as unavailable, so a server that
+        hangs up at once is not reconnected to in a tight loop.
+        """
+        received = False
+        async for event in self._client.events(task_id, last_event_id, self._idle_timeout_s):
+            if event.last_event_id is not None and event.last_event_id != last_event_id:
+                last_event_id = event.last_event_id
+                await on_event_id(last_event_id)
+            received = True
+            status = _event_status(event)
+            if status in TERMINAL_STATUSES:
+                snapshot = _event_snapshot(event, task_id)
+                if snapshot is None or snapshot.status != status:
+                    snapshot = await self._client.get_task(task_id)
+                if snapshot.terminal:
+                    return snapshot, last_event_id
+        if not received:
+            raise StreamUnavailable("event stream closed without an event")
+        return None, last_event_id
+
+
+def _event_status(event: ServerSentEvent) -> str:
+    """The status an event reports: its data's ``status``, else its event name."""
+    snapshot = _event_json(event)
+    if snapshot is not None and "status" in snapshot:
+        return normalize_status(snapshot["status"])
+    return normalize_status(event.event)
+
+
+def _event_json(event: ServerSentEvent) -> dict[str, object] | None:
+    try:
+        data = json.loads(event.data)
+    except ValueError:
+        return None
+    if isinstance(data, dict):
+        inner = data.get("data") or data.get("task")
+        if "status" not in data and isinstance(inner, dict):
+            return inner
+        return data
+    return None
+
+
+def _event_snapshot(event: ServerSentEvent, task_id: str) -> TaskSnapshot | None:
+    data = _event_json(event)
+    if data is None:
+        return None
+    try:
+        return TaskSnapshot.model_validate({"task_id": task_id, **data})
+    except ValidationError:
+        return None

@@ -1,0 +1,115 @@
+"""Prometheus metrics (DESIGN §7): prefix ``relay_``, base units, bounded labels only.
+
+Labels are model, status, outcome, code class and operation; never a key, task id or URL.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+# Generation tasks run from seconds to an hour; the default buckets stop at 10 s.
+TASK_DURATION_BUCKETS_S = (1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800, 3600)
+HTTP_LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+METRICS_CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class RelayMetrics:
+    """Every metric the relay exports, on its own registry (no process-global state)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.records_consumed = Counter(
+            "relay_records_consumed_total", "Request records read from Kafka.", registry=r
+        )
+        self.tasks_submitted = Counter(
+            "relay_tasks_submitted_total", "Tasks created on MindVideo.", ["model"], registry=r
+        )
+        self.tasks_terminal = Counter(
+            "relay_tasks_terminal_total",
+            "Requests that reached a terminal result, by result status.",
+            ["model", "status"],
+            registry=r,
+        )
+        self.requests_rejected = Counter(
+            "relay_requests_rejected_total",
+            "Requests refused by the relay or by MindVideo, by error code.",
+            ["code"],
+            registry=r,
+        )
+        self.dead_lettered = Counter(
+            "relay_records_dead_lettered_total",
+            "Records copied to the dead-letter topic, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.cost_estimated = Counter(
+            "relay_cost_estimated_usd_total",
+            "Estimated cost of submitted tasks in USD.",
+            ["model"],
+            registry=r,
+        )
+        self.cost_actual = Counter(
+            "relay_cost_actual_usd_total",
+            "Actual cost of terminal tasks in USD.",
+            ["model"],
+            registry=r,
+        )
+        self.submit_latency = Histogram(
+            "relay_submit_latency_seconds",
+            "Time to create a task on MindVideo, retries included.",
+            buckets=HTTP_LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.task_duration = Histogram(
+            "relay_task_duration_seconds",
+            "Submit to terminal status.",
+            ["model"],
+            buckets=TASK_DURATION_BUCKETS_S,
+            registry=r,
+        )
+        self.end_to_end_latency = Histogram(
+            "relay_end_to_end_latency_seconds",
+            "Request record timestamp to result published.",
+            buckets=TASK_DURATION_BUCKETS_S,
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "relay_tasks_in_flight", "Requests being worked on by this process.", registry=r
+        )
+        self.dedupe_hits = Counter(
+            "relay_dedupe_hits_total",
+            "Requests whose key was already known, by what was reused.",
+            ["outcome"],
+            registry=r,
+        )
+        self.results_published = Counter(
+            "relay_results_published_total", "Result records published.", ["type"], registry=r
+        )
+        self.mindvideo_responses = Counter(
+            "relay_mindvideo_responses_total",
+            "MindVideo HTTP responses by operation and code class (or 'error' for no response).",
+            ["operation", "code_class"],
+            registry=r,
+        )
+        self.mindvideo_retries = Counter(
+            "relay_mindvideo_retries_total",
+            "Retried MindVideo calls by operation.",
+            ["operation"],
+            registry=r,
+        )
+        self.stream_fallbacks = Counter(
+            "relay_event_stream_fallbacks_total",
+            "Times following a task fell back from the event stream to polling.",
+            registry=r,
+        )
+        self.offsets_committed = Counter(
+            "relay_offset_commits_total", "Offset commits made to Kafka.", registry=r
+        )
+        self.partitions_paused = Gauge(
+            "relay_partitions_paused", "Partitions paused because their work is full.", registry=r
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,180 @@
+"""Wire formats, in one place: request and result records (DESIGN §2–3) and MindVideo payloads.
+
+Nothing else in the relay builds these dicts by hand.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
+RESULT_TYPES = ("task.succeeded", "task.failed", "task.cancelled", "request.rejected")
+ResultType = Literal["task.succeeded", "task.failed", "task.cancelled", "request.rejected"]
+ResultStatus = Literal["succeeded", "failed", "cancelled", "rejected"]
+
+# MindVideo promises normalized statuses; accept the spellings other task APIs use as well.
+_STATUS_ALIASES = {
+    "pending": "queued",
+    "submitted": "queued",
+    "starting": "queued",
+    "in_queue": "queued",
+    "running": "processing",
+    "in_progress": "processing",
+    "success": "succeeded",
+    "successful": "succeeded",
+    "completed": "succeeded",
+    "complete": "succeeded",
+    "done": "succeeded",
+    "error": "failed",
+    "errored": "failed",
+    "failure": "failed",
+    "canceled": "cancelled",
+}
+
+
+def normalize_status(raw: object) -> str:
+    """MindVideo's status in its normalized spelling (lower case, known aliases folded)."""
+    text = str(raw or "").strip().lower().replace("-", "_").replace(" ", "_")
+    return _STATUS_ALIASES.get(text, text)
+
+
+def utc_now_iso() -> str:
+    return format_ts(datetime.now(UTC))
+
+
+def format_ts(moment: datetime) -> str:
+    """RFC 3339 in UTC with milliseconds and a ``Z``, as in DESIGN §3."""
+    return (
+        moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    )
+
+
+def event_id_for(idempotency_key: str, result_type: str) -> str:
+    """Stable per key and type, so replays and webhook retries carry the same id."""
+    digest = hashlib.sha256(f"{idempotency_key}\x00{result_type}".encode()).hexdigest()
+    return f"evt_{digest[:32]}"
+
+
+def payload_fingerprint(model: str, payload: object) -> str:
+    """Fingerprint of the canonical payload (model + input): key order and spacing do not matter."""
+    canonical = json.dumps(
+        {"model": model, "input": payload},
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _is_printable_ascii(text: str) -> bool:
+    return all(0x20 <= ord(ch) <= 0x7E for ch in text)
+
+
+class RequestRecord(BaseModel):
+    """A generation request as users produce it to the requests topic (DESIGN §2)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    idempotency_key: str | None = Field(default=None, min_length=1, max_length=255)
+    model: str = Field(min_length=1, max_length=200)
+    input: dict[str, Any]
+    webhook_url: str | None = Field(default=None, max_length=2048)
+    metadata: dict[str, Any] | None = None
+
+    @field_validator("idempotency_key")
+    @classmethod
+    def _printable(cls, value: str | None) -> str | None:
+        if value is not None and not _is_printable_ascii(value):
+            raise ValueError("must be 1-255 printable ASCII characters")
+        return value
+
+
+def valid_idempotency_key(value: str) -> bool:
+    return 1 <= len(value) <= 255 and _is_printable_ascii(value)
+
+
+class ResultError(BaseModel):
+    code: str
+    message: str
+
+
+class ResultRecord(BaseModel):
+    """The one normalized terminal result per idempotency key (DESIGN §3)."""
+
+    event_id: str
+    type: ResultType
+    idempotency_key: str
+    model: str | None
+    request_id: str | None = None
+    task_id: str | None = None
+    status: ResultStatus
+    output: dict[str, Any] | None = None
+    error: ResultError | None = None
+    cost_estimate: float | None = None
+    cost_actual: float | None = None
+    submitted_at: str | None = None
+    completed_at: str
+    metadata: dict[str, Any] | None = None
+
+    def to_json_bytes(self) -> bytes:
+        return self.model_dump_json().encode()
+
+
+class TaskSnapshot(BaseModel):
+    """What MindVideo says about a task; extra fields are kept and ignored."""
+
+    model_config = ConfigDict(extra="allow")
+
+    task_id: str
+    request_id: str | None = None
+    status: str
+    cost_estimate: float | None = None
+    cost_actual: float | None = None
+    output: dict[str, Any] | None = None
+    error: Any = None
+
+    @field_validator("status", mode="before")
+    @classmethod
+    def _normalize(cls, value: object) -> str:
+        return normalize_status(value)
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+
+class SubmitBody(BaseModel):
+    """The body of ``POST /api/v1/tasks``."""
+
+    model: str
+    input: dict[str, Any]
+
+
+def rejection(
+    idempotency_key: str,
+    code: str,
+    message: str,
+    *,
+    model: str | None = None,
+    metadata: dict[str, Any] | None = None,
+    request_id: str | None = None,
+) -> ResultRecord:
+    """A ``request.rejected`` result: the relay refused the request and nothing was charged."""
+    return ResultRecord(
+        event_id=event_id_for(idempotency_key, "request.rejected"),
+        type="request.rejected",
+        idempotency_key=idempotency_key,
+        model=model,
+        request_id=request_id,
+        status="rejected",
+        error=ResultError(code=code, message=message),
+        cost_estimate=0.0,
+        cost_actual=0.0,
+        completed_at=utc_now_iso(),
+        metadata=metadata,
+    )

@@ -1,0 +1,312 @@
+"""Works one request record from decode to published result (DESIGN §1, §3–§5).
+
+decode → claim the key in Redis → submit (or resume) → follow to terminal → publish → mark.
+A MindVideo outage holds the work (retried with capped backoff for as long as it lasts) and never
+turns into rejections: a rejection promises that nothing was charged, and a submit that timed out
+may have been.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from relay.backoff import Backoff
+from relay.decode import DeadLetter, Rejected, Request, decode_request
+from relay.exceptions import OperatorError, RequestRejected, RetryableError
+from relay.follower import FollowTimeout, TaskFollower
+from relay.gate import CredentialGate
+from relay.metrics import RelayMetrics
+from relay.mindvideo import MindVideoClient
+from relay.models import (
+    ResultError,
+    ResultRecord,
+    TaskSnapshot,
+    event_id_for,
+    format_ts,
+    payload_fingerprint,
+    rejection,
+    utc_now_iso,
+)
+from relay.publisher import ResultPublisher, SourceRecord
+from relay.store import IdempotencyRecord, IdempotencyStore
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class RequestProcessor:
+    """Turns one request record into exactly one result record (or a dead letter)."""
+
+    def __init__(
+        self,
+        *,
+        store: IdempotencyStore,
+        client: MindVideoClient,
+        follower: TaskFollower,
+        publisher: ResultPublisher,
+        metrics: RelayMetrics,
+        gate: CredentialGate,
+        outage_backoff: Backoff,
+        max_record_bytes: int,
+        max_metadata_bytes: int,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self._store = store
+        self._client = client
+        self._follower = follower
+        self._publisher = publisher
+        self._metrics = metrics
+        self._gate = gate
+        self._outage_backoff = outage_backoff
+        self._max_record_bytes = max_record_bytes
+        self._max_metadata_bytes = max_metadata_bytes
+        self._sleep = sleep
+        self._key_locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    async def process(self, source: SourceRecord) -> None:
+        decoded = decode_request(
+            source.key,
+            source.value,
+            max_record_bytes=self._max_record_bytes,
+            max_metadata_bytes=self._max_metadata_bytes,
+        )
+        if isinstance(decoded, DeadLetter):
+            log.warning(
+                "record dead-lettered",
+                extra={
+                    "reason": decoded.reason,
+                    "partition": source.partition,
+                    "offset": source.offset,
+                },
+            )
+            await self._publisher.dead_letter(source, decoded.reason, decoded.message)
+            if decoded.rejected is not None:
+                await self._publish_rejection(decoded.rejected)
+            return
+        if isinstance(decoded, Rejected):
+            await self._publish_rejection(decoded.result)
+            return
+        async with self._key_lock(decoded.idempotency_key):
+            await self._work(decoded, source.timestamp_ms)
+
+    async def _work(self, request: Request, record_ts_ms: int) -> None:
+        key, rec = request.idempotency_key, request.record
+        fingerprint = payload_fingerprint(rec.model, rec.input)
+        claim = await self._store.claim(key, fingerprint, rec.model, utc_now_iso())
+        if claim.outcome == "conflict":
+            await self._publish_rejection(
+                rejection(
+                    key,
+                    "idempotency_conflict",
+                    "this idempotency key was already used with a different model or input",
+                    model=rec.model,
+                    metadata=rec.metadata,
+                ),
+                remember=False,
+            )
+            return
+        known = claim.record
+        if known is not None and known.state in ("published", "rejected"):
+            self._metrics.dedupe_hits.labels("published").inc()
+            log.info("duplicate request, result already published", extra={"idempotency_key": key})
+            return
+        if known is not None and known.state == "terminal" and known.result is not None:
+            self._metrics.dedupe_hits.labels("terminal").inc()
+            await self._publish_result(known.result, record_ts_ms)
+            return
+        if known is not None and known.state == "submitted" and known.task_id is not None:
+            self._metrics.dedupe_hits.labels("resumed").inc()
+            log.info("resuming task", extra={"idempotency_key": key, "task_id": known.task_id})
+        else:
+            if known is not None:
+                self._metrics.dedupe_hits.labels("resubmitted").inc()
+            try:
+                known = await self._submit(request)
+            except RequestRejected as exc:
+                await self._publish_rejection(
+                    rejection(key, exc.code, exc.message, model=rec.model, metadata=rec.metadata)
+                )
+                return
+        snapshot = await self._follow(key, known)
+        result = self._result(request, known, snapshot)
+        await self._store.mark_terminal(key, result)
+        await self._publish_result(result, record_ts_ms)
+
+    async def _submit(self, request: Request) -> IdempotencyRecord:
+        key, rec = request.idempotency_key, request.record
+        started = time.monotonic()
+        snapshot = await self._through_outages(
+            lambda: self._client.submit(key, rec.model, rec.input)
+        )
+        self._metrics.submit_latency.observe(time.monotonic() - started)
+        self._metrics.tasks_submitted.labels(rec.model).inc()
+        if snapshot.cost_estimate is not None:
+            self._metrics.cost_estimated.labels(rec.model).inc(snapshot.cost_estimate)
+        submitted_at = utc_now_iso()
+        await self._store.mark_submitted(
+            key,
+            task_id=snapshot.task_id,
+            request_id=snapshot.request_id,
+            cost_estimate=snapshot.cost_estimate,
+            submitted_at=submitted_at,
+        )
+        log.info("task submitted", extra={"idempotency_key": key, "task_id": snapshot.task_id})
+        return IdempotencyRecord(
+            state="submitted",
+            task_id=snapshot.task_id,
+            request_id=snapshot.request_id,
+            cost_estimate=snapshot.cost_estimate,
+            submitted_at=submitted_at,
+        )
+
+    async def _follow(self, key: str, known: IdempotencyRecord) -> TaskSnapshot | FollowTimeout:
+        assert known.task_id is not None
+        task_id = known.task_id
+
+        async def remember(event_id: str) -> None:
+            await self._store.mark_event(key, event_id)
+
+        try:
+            return await self._through_outages(
+                lambda: self._follower.follow(task_id, known.last_event_id, remember)
+            )
+        except FollowTimeout as exc:
+            log.error(
+                "task did not finish in time", extra={"idempotency_key": key, "task_id": task_id}
+            )
+            return exc
+
+    async def _through_outages(self, call: Callable[[], Awaitable[T]]) -> T:
+        """Run ``call`` until it succeeds; outages and credential problems wait, never reject."""
+        round_ = 0
+        while True:
+            await self._gate.wait_open()
+            try:
+                return await call()
+            except OperatorError as exc:
+                self._gate.close(exc)
+            except RetryableError as exc:
+                round_ += 1
+                delay = self._outage_backoff.delay_s(round_, exc.retry_after_s)
+                log.warning(
+                    "MindVideo unavailable, holding the request",
+                    extra={"delay_s": round(delay, 3), "reason": str(exc)},
+                )
+                await self._sleep(delay)
+
+    def _result(
+        self, request: Request, known: IdempotencyRecord, outcome: TaskSnapshot | FollowTimeout
+    ) -> ResultRecord:
+        key, rec = request.idempotency_key, request.record
+        if isinstance(outcome, FollowTimeout):
+            status, output, cost_actual = "failed", None, None
+            error: ResultError | None = ResultError(
+                code="relay_follow_timeout", message=str(outcome)
+            )
+            request_id, completed_at = known.request_id, utc_now_iso()
+        else:
+            status, output, cost_actual = outcome.status, outcome.output, outcome.cost_actual
+            error = _task_error(outcome.error) if status != "succeeded" else None
+            request_id = outcome.request_id or known.request_id
+            completed_at = _completed_at(outcome)
+        result_type = f"task.{status}"
+        return ResultRecord.model_validate(
+            {
+                "event_id": event_id_for(key, result_type),
+                "type": result_type,
+                "idempotency_key": key,
+                "model": rec.model,
+                "request_id": request_id,
+                "task_id": known.task_id,
+                "status": status,
+                "output": output,
+                "error": error,
+                "cost_estimate": known.cost_estimate,
+                "cost_actual": cost_actual,
+                "submitted_at": known.submitted_at,
+                "completed_at": completed_at,
+                "metadata": rec.metadata,
+            }
+        )
+
+    async def _publish_result(self, result: ResultRecord, record_ts_ms: int) -> None:
+        await self._publisher.publish(result)
+        await self._store.mark_published(result.idempotency_key)
+        model = result.model or "unknown"
+        self._metrics.tasks_terminal.labels(model, result.status).inc()
+        if result.cost_actual:
+            self._metrics.cost_actual.labels(model).inc(result.cost_actual)
+        if result.submitted_at:
+            submitted = datetime.fromisoformat(result.submitted_at)
+            completed = datetime.fromisoformat(result.completed_at)
+            self._metrics.task_duration.labels(model).observe(
+                max(0.0, (completed - submitted).total_seconds())
+            )
+        if record_ts_ms > 0:
+            self._metrics.end_to_end_latency.observe(max(0.0, time.time() - record_ts_ms / 1000))
+        log.info(
+            "result published",
+            extra={
+                "idempotency_key": result.idempotency_key,
+                "task_id": result.task_id,
+                "status": result.status,
+            },
+        )
+
+    async def _publish_rejection(self, result: ResultRecord, *, remember: bool = True) -> None:
+        assert result.error is not None
+        await self._publisher.publish(result)
+        if remember:
+            await self._store.mark_rejected(result.idempotency_key, result)
+        self._metrics.requests_rejected.labels(result.error.code).inc()
+        self._metrics.tasks_terminal.labels(result.model or "unknown", "rejected").inc()
+        log.info(
+            "request rejected",
+            extra={"idempotency_key": result.idempotency_key, "code": result.error.code},
+        )
+
+    @asynccontextmanager
+    async def _key_lock(self, key: str) -> AsyncIterator[None]:
+        """Serialize records with the same key inside this process (a duplicate waits)."""
+        lock, users = self._key_locks.get(key, (asyncio.Lock(), 0))
+        self._key_locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._key_locks[key]
+            if users <= 1:
+                del self._key_locks[key]
+            else:
+                self._key_locks[key] = (lock, users - 1)
+
+
+def _task_error(raw: Any) -> ResultError:
+    if isinstance(raw, dict):
+        return ResultError(
+            code=str(raw.get("code") or "task_failed"),
+            message=str(raw.get("message") or raw.get("detail") or ""),
+        )
+    if raw:
+        return ResultError(code="task_failed", message=str(raw))
+    return ResultError(code="task_failed", message="MindVideo reported no reason")
+
+
+def _completed_at(snapshot: TaskSnapshot) -> str:
+    """MindVideo's completion time when it gives one, in the record's format; else now."""
+    extra = snapshot.model_extra or {}
+    for name in ("completed_at", "finished_at", "updated_at"):
+        value = extra.get(name)
+        if isinstance(value, str):
+            try:
+                moment = datetime.fromisoformat(value)
+            except ValueError:
+                continue
+            return format_ts(moment if moment.tzinfo else moment.replace(tzinfo=UTC))
+    return utc_now_iso()

@@ -1,0 +1,206 @@
+"""The relay service: builds its components from settings, starts them, stops them in reverse."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import aiohttp
+from aiohttp import web
+from aiokafka import AIOKafkaConsumer
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from relay import __version__
+from relay.backoff import Backoff
+from relay.consumer import RequestConsumer
+from relay.exceptions import OperatorError, RetryableError
+from relay.follower import TaskFollower
+from relay.gate import CredentialGate
+from relay.http import build_http_app
+from relay.metrics import RelayMetrics
+from relay.mindvideo import MindVideoClient
+from relay.processor import RequestProcessor
+from relay.publisher import ResultPublisher, build_producer
+from relay.settings import RelaySettings
+from relay.store import IdempotencyStore
+from relay.topics import ensure_topics
+
+log = logging.getLogger(__name__)
+
+CREDENTIAL_PROBE_INTERVAL_S = 5.0
+REDIS_PING_TIMEOUT_S = 1.0
+
+
+class Relay:
+    """One relay process: consume → dedupe → submit → follow → publish, plus its HTTP endpoints."""
+
+    def __init__(self, settings: RelaySettings, metrics: RelayMetrics | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics or RelayMetrics()
+        self.gate = CredentialGate()
+        self.http_port: int | None = None
+        self._redis: Redis | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._consumer: RequestConsumer | None = None
+        self._kafka_consumer: AIOKafkaConsumer | None = None
+        self._producer_started = False
+        self._runner: web.AppRunner | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._client: MindVideoClient | None = None
+
+    async def start(self) -> None:
+        s = self.settings
+        log.info(
+            "starting mindvideo-relay", extra={"version": __version__, "settings": s.redacted()}
+        )
+        if s.kafka_create_topics:
+            await ensure_topics(
+                s.kafka_bootstrap_servers,
+                [s.request_topic, s.result_topic, s.dead_letter_topic],
+                s.kafka_topic_partitions,
+            )
+        self._redis = Redis.from_url(s.redis_url)
+        await self._redis.ping()
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=s.mindvideo_max_connections),
+            timeout=aiohttp.ClientTimeout(total=None, connect=s.mindvideo_connect_timeout_s),
+            headers={"User-Agent": f"mindvideo-relay/{__version__}"},
+        )
+        producer = build_producer(
+            s.kafka_bootstrap_servers,
+            client_id=s.kafka_client_id,
+            enable_idempotence=s.kafka_enable_idempotence,
+        )
+        await producer.start()
+        self._producer = producer
+        self._producer_started = True
+        backoff = Backoff(s.mindvideo_backoff_base_s, s.mindvideo_backoff_max_s)
+        self._client = MindVideoClient(
+            self._session,
+            base_url=s.mindvideo_base_url,
+            api_key=s.mindvideo_api_key.get_secret_value(),
+            metrics=self.metrics,
+            backoff=backoff,
+            max_attempts=s.mindvideo_max_attempts,
+            request_timeout_s=s.mindvideo_request_timeout_s,
+        )
+        processor = RequestProcessor(
+            store=IdempotencyStore(
+                self._redis, prefix=s.redis_key_prefix, retention_s=s.idempotency_retention_s
+            ),
+            client=self._client,
+            follower=TaskFollower(
+                self._client,
+                self.metrics,
+                poll_interval_s=s.mindvideo_poll_interval_s,
+                stream_idle_timeout_s=s.mindvideo_stream_idle_timeout_s,
+                task_timeout_s=s.task_timeout_s,
+            ),
+            publisher=ResultPublisher(
+                producer,
+                self.metrics,
+                result_topic=s.result_topic,
+                dead_letter_topic=s.dead_letter_topic,
+            ),
+            metrics=self.metrics,
+            gate=self.gate,
+            outage_backoff=backoff,
+            max_record_bytes=s.max_record_bytes,
+            max_metadata_bytes=s.max_metadata_bytes,
+        )
+        self._kafka_consumer = AIOKafkaConsumer(
+            bootstrap_servers=s.kafka_bootstrap_servers,
+            group_id=s.kafka_group_id,
+            group_instance_id=s.kafka_group_instance_id,
+            client_id=s.kafka_client_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            session_timeout_ms=s.kafka_session_timeout_ms,
+            heartbeat_interval_ms=s.kafka_heartbeat_interval_ms,
+            max_partition_fetch_bytes=max(1024 * 1024, s.max_record_bytes * 4),
+        )
+        self._consumer = RequestConsumer(
+            self._kafka_consumer,
+            processor.process,
+            self.metrics,
+            self.gate,
+            topic=s.request_topic,
+            max_in_flight_per_partition=s.max_in_flight_per_partition,
+            max_in_flight=s.max_in_flight,
+            commit_interval_s=s.commit_interval_s,
+            retry_backoff=Backoff(1.0, 30.0),
+        )
+        self._consumer.subscribe()
+        await self._kafka_consumer.start()
+        await self._start_http()
+        self._tasks = [
+            asyncio.create_task(self._consumer.run(), name="consume"),
+            asyncio.create_task(self._probe_credentials(), name="credential-probe"),
+        ]
+        log.info(
+            "relay started", extra={"http_port": self.http_port, "request_topic": s.request_topic}
+        )
+
+    async def wait(self) -> None:
+        """Return when the consume loop ends (it ends only on stop or on a fatal error)."""
+        await self._tasks[0]
+
+    async def stop(self) -> None:
+        """Stop fetching, drain within the grace period, commit, leave the group, close."""
+        log.info("stopping", extra={"grace_s": self.settings.shutdown_grace_s})
+        if self._consumer is not None:
+            self._consumer.stop_fetching()
+        for task in self._tasks[1:]:
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._consumer is not None:
+            await self._consumer.drain(self.settings.shutdown_grace_s)
+        if self._kafka_consumer is not None:
+            await self._kafka_consumer.stop()
+        if self._producer_started:
+            await self._producer.stop()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self._session is not None:
+            await self._session.close()
+        if self._redis is not None:
+            await self._redis.aclose()
+        log.info("stopped")
+
+    async def readiness(self) -> dict[str, str | None]:
+        checks: dict[str, str | None] = {"kafka": None, "redis": None, "mindvideo": None}
+        if self._kafka_consumer is None or not self._tasks or self._tasks[0].done():
+            checks["kafka"] = "the consume loop is not running"
+        try:
+            assert self._redis is not None
+            await asyncio.wait_for(self._redis.ping(), REDIS_PING_TIMEOUT_S)
+        except (RedisError, OSError, TimeoutError, AssertionError) as exc:
+            checks["redis"] = f"ping failed: {exc!r}"
+        checks["mindvideo"] = self.gate.reason
+        return checks
+
+    async def _start_http(self) -> None:
+        self._runner = web.AppRunner(build_http_app(self.metrics, self.readiness), access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.settings.http_host, self.settings.http_port)
+        await site.start()
+        server = site._server
+        sockets = getattr(server, "sockets", None) or []
+        self.http_port = sockets[0].getsockname()[1] if sockets else self.settings.http_port
+
+    async def _probe_credentials(self) -> None:
+        assert self._client is not None
+        while True:
+            await self.gate.wait_closed()
+            await asyncio.sleep(CREDENTIAL_PROBE_INTERVAL_S)
+            try:
+                await self._client.probe()
+            except OperatorError as exc:
+                self.gate.close(exc)
+                continue
+            except RetryableError as exc:
+                log.info("credential probe inconclusive", extra={"reason": str(exc)})
+                continue
+            self.gate.reopen()

@@ -28,6 +28,7 @@ class Request:
 @dataclass(frozen=True, slots=True)
 class Rejected:
     result: ResultRecord
+    webhook_url: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +78,7 @@ def _validate(data: dict[str, Any], record_key: str | None, max_metadata_bytes: 
         key = body_key
     model = data.get("model") if isinstance(data.get("model"), str) else None
     metadata = data.get("metadata") if isinstance(data.get("metadata"), dict) else None
+    webhook_url = data.get("webhook_url") if isinstance(data.get("webhook_url"), str) else None
     if key is None:
         return DeadLetter(
             "no_idempotency_key",
@@ -85,7 +87,7 @@ def _validate(data: dict[str, Any], record_key: str | None, max_metadata_bytes: 
         )
 
     def reject(code: str, message: str) -> Rejected:
-        return Rejected(rejection(key, code, message, model=model, metadata=metadata))
+        return Rejected(rejection(key, code, message, model=model, metadata=metadata), webhook_url)
 
     try:
         request = RequestRecord.model_validate(data)

@@ -90,7 +90,7 @@ class RequestProcessor:
                 await self._publish_rejection(decoded.rejected)
             return
         if isinstance(decoded, Rejected):
-            await self._publish_rejection(decoded.result)
+            await self._publish_rejection(decoded.result, webhook_url=decoded.webhook_url)
             return
         async with self._key_lock(decoded.idempotency_key):
             await self._work(decoded, source.timestamp_ms)
@@ -109,6 +109,7 @@ class RequestProcessor:
                     metadata=rec.metadata,
                 ),
                 remember=False,
+                webhook_url=rec.webhook_url,
             )
             return
         known = claim.record
@@ -118,7 +119,7 @@ class RequestProcessor:
             return
         if known is not None and known.state == "terminal" and known.result is not None:
             self._metrics.dedupe_hits.labels("terminal").inc()
-            await self._publish_result(known.result, record_ts_ms)
+            await self._publish_result(known.result, record_ts_ms, rec.webhook_url)
             return
         if known is not None and known.state == "submitted" and known.task_id is not None:
             self._metrics.dedupe_hits.labels("resumed").inc()
@@ -130,13 +131,14 @@ class RequestProcessor:
                 known = await self._submit(request)
             except RequestRejected as exc:
                 await self._publish_rejection(
-                    rejection(key, exc.code, exc.message, model=rec.model, metadata=rec.metadata)
+                    rejection(key, exc.code, exc.message, model=rec.model, metadata=rec.metadata),
+                    webhook_url=rec.webhook_url,
                 )
                 return
         snapshot = await self._follow(key, known)
         result = self._result(request, known, snapshot)
         await self._store.mark_terminal(key, result)
-        await self._publish_result(result, record_ts_ms)
+        await self._publish_result(result, record_ts_ms, rec.webhook_url)
 
     async def _submit(self, request: Request) -> IdempotencyRecord:
         key, rec = request.idempotency_key, request.record
@@ -235,8 +237,10 @@ class RequestProcessor:
             }
         )
 
-    async def _publish_result(self, result: ResultRecord, record_ts_ms: int) -> None:
-        await self._publisher.publish(result)
+    async def _publish_result(
+        self, result: ResultRecord, record_ts_ms: int, webhook_url: str | None
+    ) -> None:
+        await self._publisher.publish(result, webhook_url=webhook_url)
         await self._store.mark_published(result.idempotency_key)
         model = result.model or "unknown"
         self._metrics.tasks_terminal.labels(model, result.status).inc()
@@ -259,9 +263,11 @@ class RequestProcessor:
             },
         )
 
-    async def _publish_rejection(self, result: ResultRecord, *, remember: bool = True) -> None:
+    async def _publish_rejection(
+        self, result: ResultRecord, *, remember: bool = True, webhook_url: str | None = None
+    ) -> None:
         assert result.error is not None
-        await self._publisher.publish(result)
+        await self._publisher.publish(result, webhook_url=webhook_url)
         if remember:
             await self._store.mark_rejected(result.idempotency_key, result)
         self._metrics.requests_rejected.labels(result.error.code).inc()

@@ -10,6 +10,7 @@ from relay.metrics import RelayMetrics
 from relay.models import ResultRecord
 
 PRODUCER_LINGER_MS = 2
+WEBHOOK_URL_HEADER = "webhook-url"
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,12 +41,16 @@ class ResultPublisher:
         self._result_topic = result_topic
         self._dead_letter_topic = dead_letter_topic
 
-    async def publish(self, result: ResultRecord) -> None:
+    async def publish(self, result: ResultRecord, *, webhook_url: str | None = None) -> None:
+        """Publish the result; the request's ``webhook_url`` rides along in a header for the
+        webhook dispatcher (the record's JSON keeps to DESIGN §3)."""
         headers = [
             ("content-type", b"application/json"),
             ("event-id", result.event_id.encode()),
             ("type", result.type.encode()),
         ]
+        if webhook_url:
+            headers.append((WEBHOOK_URL_HEADER, webhook_url.encode()))
         await self._producer.send_and_wait(
             self._result_topic,
             value=result.to_json_bytes(),

@@ -24,7 +24,7 @@ from relay.processor import RequestProcessor
 from relay.publisher import ResultPublisher, build_producer
 from relay.settings import RelaySettings
 from relay.store import IdempotencyStore
-from relay.topics import ensure_topics
+from relay.topics import create_topics
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +55,11 @@ class Relay:
             "starting mindvideo-relay", extra={"version": __version__, "settings": s.redacted()}
         )
         if s.kafka_create_topics:
-            await ensure_topics(
+            await create_topics(
                 s.kafka_bootstrap_servers,
                 [s.request_topic, s.result_topic, s.dead_letter_topic],
                 s.kafka_topic_partitions,
+                exact=False,
             )
         self._redis = Redis.from_url(s.redis_url)
         await self._redis.ping()

@@ -1,33 +1,72 @@
-"""Create the relay's topics when the operator asks for it (``RELAY_KAFKA_CREATE_TOPICS``)."""
+"""Create the relay's topics: for ``relay dev``, for the tests, and when an operator asks for it
+(``RELAY_KAFKA_CREATE_TOPICS``)."""
 
 from __future__ import annotations
 
-import logging
+import asyncio
+from collections.abc import Sequence
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
 
-log = logging.getLogger(__name__)
+from relay.processes import ServiceError, backoff_s, timeout_error
+
+TOPIC_READY_TIMEOUT_S = 30.0
+
+_ADMIN_REQUEST_TIMEOUT_MS = 5_000
+_KAFKA_NO_ERROR = 0
+_KAFKA_TOPIC_ALREADY_EXISTS = 36
 
 
-async def ensure_topics(bootstrap_servers: str, names: list[str], partitions: int) -> None:
-    """Create each missing topic with ``partitions`` partitions; existing topics are left alone."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
-    await admin.start()
+async def create_topics(
+    bootstrap: str, names: Sequence[str], partitions: int = 1, *, exact: bool = True
+) -> None:
+    """Create topics (an existing topic is fine) and wait until metadata shows them led.
+
+    Raises :class:`ServiceError` if the broker refuses a topic, or, with ``exact``, if one
+    already exists with a different partition count (a test relying on ``partitions`` would
+    silently lie). The relay passes ``exact=False``: an operator's existing topics are theirs.
+    """
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap, request_timeout_ms=_ADMIN_REQUEST_TIMEOUT_MS
+    )
     try:
-        existing = set(await admin.list_topics())
-        missing = [name for name in dict.fromkeys(names) if name not in existing]
-        if not missing:
-            return
-        try:
-            await admin.create_topics(
-                [
-                    NewTopic(name, num_partitions=partitions, replication_factor=1)
-                    for name in missing
-                ]
-            )
-        except TopicAlreadyExistsError:
-            log.info("topics were created concurrently", extra={"topics": missing})
-        log.info("topics created", extra={"topics": missing, "partitions": partitions})
+        await admin.start()
+        response = await admin.create_topics([NewTopic(name, partitions, 1) for name in names])
+        # Entries are (topic, error_code[, error_message]) depending on the protocol version.
+        for entry in response.topic_errors:
+            name, code = entry[0], entry[1]
+            if code not in (_KAFKA_NO_ERROR, _KAFKA_TOPIC_ALREADY_EXISTS):
+                raise ServiceError(f"{bootstrap} refused to create topic {name!r}: {entry!r}")
+        await _wait_for_topics(admin, bootstrap, names, partitions if exact else None)
     finally:
         await admin.close()
+
+
+async def _wait_for_topics(
+    admin: AIOKafkaAdminClient, bootstrap: str, names: Sequence[str], partitions: int | None
+) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + TOPIC_READY_TIMEOUT_S
+    attempt = 0
+    while True:
+        described = await admin.describe_topics(list(names))
+        pending = []
+        for topic in described:
+            found = topic["partitions"]
+            if partitions is None:
+                led = bool(found) and all(p["leader"] >= 0 for p in found)
+            elif topic["error_code"] == _KAFKA_NO_ERROR and len(found) not in (0, partitions):
+                raise ServiceError(
+                    f"topic {topic['topic']!r} on {bootstrap} has {len(found)} partitions, "
+                    f"not {partitions}"
+                )
+            else:
+                led = len(found) == partitions and all(p["leader"] >= 0 for p in found)
+            if topic["error_code"] != _KAFKA_NO_ERROR or not led:
+                pending.append(topic["topic"])
+        if not pending:
+            return
+        if loop.time() >= deadline:
+            raise timeout_error(None, f"topics {pending} on {bootstrap}", TOPIC_READY_TIMEOUT_S)
+        await asyncio.sleep(backoff_s(attempt))
+        attempt += 1

@@ -1,0 +1,1 @@
+"""Tests for mindvideo-relay; integration tests get real services from ``tests.services``."""

@@ -1,0 +1,1 @@
+"""Unit tests of the MindVideo simulator (``relay.sim``); no external services."""

@@ -18,6 +18,7 @@ from aiokafka.errors import KafkaError
 
 from relay.backoff import Backoff
 from relay.gate import CredentialGate
+from relay.handover import Handover
 from relay.metrics import RelayMetrics
 from relay.offsets import PartitionWork
 from relay.publisher import SourceRecord
@@ -43,6 +44,7 @@ class RequestConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         max_in_flight: int,
         commit_interval_s: float,
         retry_backoff: Backoff,
+        handover: Handover,
     ) -> None:
         self._consumer = consumer
         self._process = process
@@ -53,6 +55,7 @@ class RequestConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         self._max_in_flight = max_in_flight
         self._commit_interval_s = commit_interval_s
         self._retry_backoff = retry_backoff
+        self._handover = handover
         self._work: dict[TopicPartition, PartitionWork] = {}
         self._paused: set[TopicPartition] = set()
         self._stopping = asyncio.Event()
@@ -181,7 +184,7 @@ class RequestConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
     async def _stop_work(self, partitions: list[TopicPartition]) -> None:
         tasks = [t for tp in partitions if tp in self._work for t in self._work[tp].tasks.values()]
         for task in tasks:
-            task.cancel()
+            self._handover.stop(task)
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
 

@@ -45,5 +45,13 @@ class CredentialGate:
     async def wait_open(self) -> None:
         await self._open.wait()
 
+    async def wait_open_for(self, timeout_s: float) -> bool:
+        """Wait until open, at most ``timeout_s``; whether it is open."""
+        try:
+            await asyncio.wait_for(self._open.wait(), timeout_s)
+        except TimeoutError:
+            return False
+        return True
+
     async def wait_closed(self) -> None:
         await self._closed.wait()

@@ -21,6 +21,7 @@ from relay.decode import DeadLetter, Rejected, Request, decode_request
 from relay.exceptions import OperatorError, RequestRejected, RetryableError
 from relay.follower import FollowTimeout, TaskFollower
 from relay.gate import CredentialGate
+from relay.handover import Handover
 from relay.metrics import RelayMetrics
 from relay.mindvideo import MindVideoClient
 from relay.models import (
@@ -39,6 +40,8 @@ from relay.store import IdempotencyRecord, IdempotencyStore
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+GATE_CHECK_INTERVAL_S = 1.0
+
 
 class RequestProcessor:
     """Turns one request record into exactly one result record (or a dead letter)."""
@@ -53,9 +56,9 @@ class RequestProcessor:
         metrics: RelayMetrics,
         gate: CredentialGate,
         outage_backoff: Backoff,
+        handover: Handover,
         max_record_bytes: int,
         max_metadata_bytes: int,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self._store = store
         self._client = client
@@ -64,9 +67,9 @@ class RequestProcessor:
         self._metrics = metrics
         self._gate = gate
         self._outage_backoff = outage_backoff
+        self._handover = handover
         self._max_record_bytes = max_record_bytes
         self._max_metadata_bytes = max_metadata_bytes
-        self._sleep = sleep
         self._key_locks: dict[str, tuple[asyncio.Lock, int]] = {}
 
     async def process(self, source: SourceRecord) -> None:
@@ -143,21 +146,22 @@ class RequestProcessor:
     async def _submit(self, request: Request) -> IdempotencyRecord:
         key, rec = request.idempotency_key, request.record
         started = time.monotonic()
-        snapshot = await self._through_outages(
-            lambda: self._client.submit(key, rec.model, rec.input)
-        )
+        async with self._handover.submit_section():
+            snapshot = await self._through_outages(
+                lambda: self._client.submit(key, rec.model, rec.input)
+            )
+            submitted_at = utc_now_iso()
+            await self._store.mark_submitted(
+                key,
+                task_id=snapshot.task_id,
+                request_id=snapshot.request_id,
+                cost_estimate=snapshot.cost_estimate,
+                submitted_at=submitted_at,
+            )
         self._metrics.submit_latency.observe(time.monotonic() - started)
         self._metrics.tasks_submitted.labels(rec.model).inc()
         if snapshot.cost_estimate is not None:
             self._metrics.cost_estimated.labels(rec.model).inc(snapshot.cost_estimate)
-        submitted_at = utc_now_iso()
-        await self._store.mark_submitted(
-            key,
-            task_id=snapshot.task_id,
-            request_id=snapshot.request_id,
-            cost_estimate=snapshot.cost_estimate,
-            submitted_at=submitted_at,
-        )
         log.info("task submitted", extra={"idempotency_key": key, "task_id": snapshot.task_id})
         return IdempotencyRecord(
             state="submitted",
@@ -188,7 +192,9 @@ class RequestProcessor:
         """Run ``call`` until it succeeds; outages and credential problems wait, never reject."""
         round_ = 0
         while True:
-            await self._gate.wait_open()
+            while not self._gate.is_open:
+                self._handover.check()
+                await self._gate.wait_open_for(GATE_CHECK_INTERVAL_S)
             try:
                 return await call()
             except OperatorError as exc:
@@ -200,7 +206,7 @@ class RequestProcessor:
                     "MindVideo unavailable, holding the request",
                     extra={"delay_s": round(delay, 3), "reason": str(exc)},
                 )
-                await self._sleep(delay)
+                await self._handover.sleep(delay)
 
     def _result(
         self, request: Request, known: IdempotencyRecord, outcome: TaskSnapshot | FollowTimeout

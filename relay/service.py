@@ -17,6 +17,7 @@ from relay.consumer import RequestConsumer
 from relay.exceptions import OperatorError, RetryableError
 from relay.follower import TaskFollower
 from relay.gate import CredentialGate
+from relay.handover import Handover
 from relay.http import build_http_app
 from relay.metrics import RelayMetrics
 from relay.mindvideo import MindVideoClient
@@ -28,7 +29,6 @@ from relay.topics import create_topics
 
 log = logging.getLogger(__name__)
 
-CREDENTIAL_PROBE_INTERVAL_S = 5.0
 REDIS_PING_TIMEOUT_S = 1.0
 
 
@@ -39,6 +39,7 @@ class Relay:
         self.settings = settings
         self.metrics = metrics or RelayMetrics()
         self.gate = CredentialGate()
+        self.handover = Handover()
         self.http_port: int | None = None
         self._redis: Redis | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -85,6 +86,7 @@ class Relay:
             backoff=backoff,
             max_attempts=s.mindvideo_max_attempts,
             request_timeout_s=s.mindvideo_request_timeout_s,
+            sleep=self.handover.sleep,
         )
         processor = RequestProcessor(
             store=IdempotencyStore(
@@ -107,6 +109,7 @@ class Relay:
             metrics=self.metrics,
             gate=self.gate,
             outage_backoff=backoff,
+            handover=self.handover,
             max_record_bytes=s.max_record_bytes,
             max_metadata_bytes=s.max_metadata_bytes,
         )
@@ -131,6 +134,7 @@ class Relay:
             max_in_flight=s.max_in_flight,
             commit_interval_s=s.commit_interval_s,
             retry_backoff=Backoff(1.0, 30.0),
+            handover=self.handover,
         )
         self._consumer.subscribe()
         await self._kafka_consumer.start()
@@ -195,7 +199,7 @@ class Relay:
         assert self._client is not None
         while True:
             await self.gate.wait_closed()
-            await asyncio.sleep(CREDENTIAL_PROBE_INTERVAL_S)
+            await asyncio.sleep(self.settings.mindvideo_probe_interval_s)
             try:
                 await self._client.probe()
             except OperatorError as exc:

@@ -61,6 +61,7 @@ class RelaySettings(BaseSettings):
     mindvideo_backoff_max_s: float = Field(default=30.0, gt=0)
     mindvideo_poll_interval_s: float = Field(default=2.0, gt=0)
     mindvideo_stream_idle_timeout_s: float = Field(default=60.0, gt=0)
+    mindvideo_probe_interval_s: float = Field(default=5.0, gt=0)
     task_timeout_s: float = Field(default=6 * 3600.0, gt=0)
 
     # Webhooks

@@ -37,13 +37,36 @@ async def _serve(settings: RelaySettings) -> int:
 
 
 def _cmd_run(_: argparse.Namespace) -> int:
-    try:
-        settings = RelaySettings()
-    except ValidationError as exc:
-        print(f"relay: invalid configuration:\n{exc}", file=sys.stderr)
+    settings = _settings()
+    if settings is None:
         return 2
     setup_logging(settings.log_level, settings.log_format)
     return asyncio.run(_serve(settings))
+
+
+def _settings() -> RelaySettings | None:
+    try:
+        return RelaySettings()
+    except ValidationError as exc:
+        print(f"relay: invalid configuration:\n{exc}", file=sys.stderr)
+        return None
+
+
+def _cmd_dev(args: argparse.Namespace) -> int:
+    from relay import dev
+
+    settings = _settings()
+    if settings is None:
+        return 2
+    setup_logging(settings.log_level, settings.log_format)
+    return dev.run(args, settings)
+
+
+def _cmd_submit(args: argparse.Namespace) -> int:
+    from relay import submit
+
+    settings = _settings()
+    return 2 if settings is None else submit.run(args, settings)
 
 
 def _cmd_sim(args: argparse.Namespace) -> int:
@@ -68,6 +91,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     sim_cli.add_arguments(sim)
     sim.set_defaults(func=_cmd_sim)
+    from relay import dev, submit
+
+    dev_parser = commands.add_parser(
+        "dev", help="run the whole pipeline on embedded defaults (broker, Redis, simulator, relay)"
+    )
+    dev.add_arguments(dev_parser)
+    dev_parser.set_defaults(func=_cmd_dev)
+    submit_parser = commands.add_parser(
+        "submit", help="produce one generation request (and --wait for its result)"
+    )
+    submit.add_arguments(submit_parser)
+    submit_parser.set_defaults(func=_cmd_submit)
     return parser
 
 

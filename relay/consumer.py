@@ -26,6 +26,8 @@ from relay.publisher import SourceRecord
 log = logging.getLogger(__name__)
 
 FETCH_TIMEOUT_MS = 200
+# How long a revocation waits for submits in flight to be recorded before the group rebalances.
+FREEZE_TIMEOUT_S = 10.0
 Process = Callable[[SourceRecord], Awaitable[None]]
 
 
@@ -57,6 +59,7 @@ class RequestConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         self._retry_backoff = retry_backoff
         self._handover = handover
         self._work: dict[TopicPartition, PartitionWork] = {}
+        self._parked: dict[TopicPartition, PartitionWork] = {}
         self._paused: set[TopicPartition] = set()
         self._stopping = asyncio.Event()
 
@@ -82,7 +85,10 @@ class RequestConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
                     if work is None:
                         continue
                     for record in records:
-                        self._dispatch(tp, work, record)
+                        # After a partition comes back, records still being worked on are
+                        # fetched again from the committed offset: keep the running task.
+                        if record.offset not in work.tasks:
+                            self._dispatch(tp, work, record)
         finally:
             commit_task.cancel()
             await asyncio.gather(commit_task, return_exceptions=True)
@@ -92,11 +98,12 @@ class RequestConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def drain(self, grace_s: float) -> None:
         """Let in-flight work finish for up to ``grace_s``, then stop the rest and commit."""
-        tasks = [t for w in self._work.values() for t in w.tasks.values()]
+        works = [*self._work.values(), *self._parked.values()]
+        tasks = [t for w in works for t in w.tasks.values()]
         if tasks:
             log.info("draining in-flight work", extra={"in_flight": len(tasks), "grace_s": grace_s})
             await asyncio.wait(tasks, timeout=grace_s)
-        await self._stop_work(list(self._work))
+        await self._stop(works)
         await self.commit()
 
     async def commit(self, partitions: list[TopicPartition] | None = None) -> None:
@@ -115,10 +122,16 @@ class RequestConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
 
     # ConsumerRebalanceListener
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        """Commit what is finished; park the rest until we know who owns the partition next.
+
+        aiokafka rebalances eagerly: every partition is revoked, even those that come straight
+        back. Parked work keeps following its tasks but starts no submit (submits in flight are
+        recorded before we rejoin); ``on_partitions_assigned`` lets it go on if the partition
+        returns and stops it (the next owner resumes it from Redis) if not.
+        """
         mine = [tp for tp in revoked if tp in self._work]
         if not mine:
             return
-        await self._stop_work(mine)
         try:
             await self.commit(mine)
         except KafkaError as exc:
@@ -127,16 +140,32 @@ class RequestConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
                 extra={"reason": repr(exc)},
             )
         for tp in mine:
-            self._work.pop(tp, None)
+            self._parked[tp] = self._work.pop(tp)
             self._paused.discard(tp)
+        parked = [t for tp in mine for t in self._parked[tp].tasks.values()]
+        await self._handover.freeze(parked, FREEZE_TIMEOUT_S)
         log.info("partitions revoked", extra={"partitions": sorted(tp.partition for tp in mine)})
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        kept = [tp for tp in assigned if tp in self._parked]
+        lost = [tp for tp in self._parked if tp not in assigned]
         for tp in assigned:
-            self._work.setdefault(tp, PartitionWork())
+            work = self._parked.pop(tp) if tp in self._parked else PartitionWork()
+            self._handover.thaw(work.tasks.values())
+            self._work[tp] = work
         self._paused.intersection_update(assigned)
+        stopped = 0
+        for tp in lost:
+            for task in self._parked.pop(tp).tasks.values():
+                self._handover.stop(task)
+                stopped += 1
         log.info(
-            "partitions assigned", extra={"partitions": sorted(tp.partition for tp in assigned)}
+            "partitions assigned",
+            extra={
+                "partitions": sorted(tp.partition for tp in assigned),
+                "kept_running": sorted(tp.partition for tp in kept),
+                "handed_over_tasks": stopped,
+            },
         )
 
     def _dispatch(self, tp: TopicPartition, work: PartitionWork, record: object) -> None:
@@ -181,8 +210,9 @@ class RequestConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         finally:
             self._metrics.in_flight.dec()
 
-    async def _stop_work(self, partitions: list[TopicPartition]) -> None:
-        tasks = [t for tp in partitions if tp in self._work for t in self._work[tp].tasks.values()]
+    async def _stop(self, works: list[PartitionWork]) -> None:
+        """Stop the tasks (never inside a submit section) and wait until they have ended."""
+        tasks = [t for w in works for t in w.tasks.values()]
         for task in tasks:
             self._handover.stop(task)
         if tasks:

@@ -1,23 +1,32 @@
-"""Stopping work without losing a charge: a task is never cut between a submit and its record.
+"""Stopping work without a second submit: a task is never cut between a submit and its record.
 
 When a partition is revoked or the relay shuts down, the work on it stops and the next owner
 resumes from Redis. A task cancelled while its ``POST /tasks`` is in flight would leave a task on
 MindVideo that Redis does not know of; the next owner would submit again (MindVideo's own
-idempotency makes that free, but it is a second submit). ``Handover.stop(task)`` therefore cancels
-at once, unless the task is inside a submit section, in which case it ends right after it.
+idempotency makes that free, but it is a second submit). So:
+
+- ``stop(task)`` cancels at once, unless the task is inside a submit section, in which case it
+  ends right after the section;
+- ``freeze(tasks)`` (on revocation, before the group rebalances) lets no frozen task enter a submit
+  section and returns once none is inside one; ``thaw(tasks)`` lets them go on when their partition
+  comes back, ``stop`` ends them when it went elsewhere.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
+
+Task = asyncio.Task[object]
 
 
 class Handover:
     def __init__(self) -> None:
-        self._inside: set[asyncio.Task[object]] = set()
-        self._doomed: set[asyncio.Task[object]] = set()
+        self._inside: set[Task] = set()
+        self._doomed: set[Task] = set()
+        self._frozen: set[Task] = set()
+        self._changed = asyncio.Event()
 
     @asynccontextmanager
     async def submit_section(self) -> AsyncIterator[None]:
@@ -25,14 +34,18 @@ class Handover:
         task = asyncio.current_task()
         assert task is not None
         self.check(task)
+        while task in self._frozen:
+            await self._wait_change()
+            self.check(task)
         self._inside.add(task)
         try:
             yield
         finally:
             self._inside.discard(task)
+            self._notify()
         self.check(task)
 
-    def check(self, task: asyncio.Task[object] | None = None) -> None:
+    def check(self, task: Task | None = None) -> None:
         """Raise ``CancelledError`` if the current task was asked to stop."""
         task = task or asyncio.current_task()
         if task is not None and task in self._doomed:
@@ -45,8 +58,25 @@ class Handover:
         await asyncio.sleep(delay_s)
         self.check()
 
-    def stop(self, task: asyncio.Task[object]) -> None:
+    async def freeze(self, tasks: Iterable[Task], timeout_s: float) -> None:
+        """Keep ``tasks`` out of submit sections; wait (bounded) for those inside to leave."""
+        frozen = {t for t in tasks if not t.done()}
+        self._frozen |= frozen
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while self._inside & frozen and loop.time() < deadline:
+            try:
+                await asyncio.wait_for(self._wait_change(), deadline - loop.time())
+            except TimeoutError:
+                break
+
+    def thaw(self, tasks: Iterable[Task]) -> None:
+        self._frozen.difference_update(tasks)
+        self._notify()
+
+    def stop(self, task: Task) -> None:
         """Cancel ``task`` now, or as soon as it leaves its submit section."""
+        self._frozen.discard(task)
         if task.done():
             return
         if task in self._inside:
@@ -55,5 +85,12 @@ class Handover:
         else:
             task.cancel()
 
-    def _forget(self, task: asyncio.Task[object]) -> None:
+    def _forget(self, task: Task) -> None:
         self._doomed.discard(task)
+
+    async def _wait_change(self) -> None:
+        await self._changed.wait()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()

@@ -34,6 +34,7 @@ class Result:
     key: str
     value: dict[str, Any]
     headers: dict[str, bytes]
+    timestamp_ms: int = 0
 
 
 @dataclass
@@ -91,6 +92,35 @@ class Pipeline:
         await wait_for_port("127.0.0.1", port, HEALTH_TIMEOUT_S, proc)
         return proc, port
 
+    async def restart_relay(self, proc: ManagedProcess, port: int) -> None:
+        """Start a stopped or killed relay again, same settings and port."""
+        proc.start()
+        await wait_for_port("127.0.0.1", port, HEALTH_TIMEOUT_S, proc)
+
+    async def relay_get(self, port: int, path: str) -> tuple[int, str]:
+        url = f"http://127.0.0.1:{port}{path}"
+        async with aiohttp.ClientSession() as session, session.get(url) as resp:
+            return resp.status, await resp.text()
+
+    async def metric(self, port: int, name: str, **labels: str) -> float:
+        """Sum of a metric's samples on a relay's ``/metrics`` (filtered by label values)."""
+        _, text = await self.relay_get(port, "/metrics")
+        total = 0.0
+        for line in text.splitlines():
+            if not (line.startswith(name + "{") or line.startswith(name + " ")):
+                continue
+            if all(f'{k}="{v}"' in line for k, v in labels.items()):
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
+    async def sim_post(self, path: str, body: dict[str, Any]) -> Any:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(self.sim_url + path, json=body) as resp,
+        ):
+            resp.raise_for_status()
+            return await resp.json()
+
     async def produce(self, records: Sequence[tuple[bytes | None, bytes]]) -> float:
         """Produce the records; returns the time the first was sent (``time.monotonic``)."""
         producer = AIOKafkaProducer(
@@ -136,6 +166,7 @@ class Pipeline:
                             key=(r.key or b"").decode(),
                             value=json.loads(r.value) if topic is None else {"raw": r.value},
                             headers={k: v for k, v in r.headers},
+                            timestamp_ms=r.timestamp,
                         )
                         for r in records
                     )
@@ -190,6 +221,34 @@ def simulator(tmp_path: Path, sim_args: list[str]) -> Iterator[tuple[ManagedProc
         proc.stop()
 
 
+async def _pipeline(
+    bootstrap: str,
+    redis_url: str,
+    topics: TopicFactory,
+    unique: str,
+    simulator: tuple[ManagedProcess, str],
+    tmp_path: Path,
+    *,
+    enable_idempotence: bool,
+) -> Pipeline:
+    requests, results, dlq = await topics(bootstrap, "requests", "results", "dlq", partitions=4)
+    sim_proc, sim_url = simulator
+    port = int(sim_url.rsplit(":", 1)[1])
+    await wait_for_port("127.0.0.1", port, HEALTH_TIMEOUT_S, sim_proc)
+    return Pipeline(
+        bootstrap=bootstrap,
+        redis_url=redis_url,
+        requests_topic=requests,
+        results_topic=results,
+        dlq_topic=dlq,
+        group_id=f"relay-{unique}",
+        redis_prefix=f"{unique}",
+        sim_url=sim_url,
+        workdir=tmp_path,
+        enable_idempotence=enable_idempotence,
+    )
+
+
 @pytest_asyncio.fixture(loop_scope="session")
 async def pipeline(
     kafka_bootstrap: str,
@@ -199,23 +258,31 @@ async def pipeline(
     simulator: tuple[ManagedProcess, str],
     tmp_path: Path,
 ) -> AsyncIterator[Pipeline]:
-    """Topics, a running simulator and a factory for relay processes on the main broker."""
-    requests, results, dlq = await topics(
-        kafka_bootstrap, "requests", "results", "dlq", partitions=4
+    """Topics, a running simulator and a factory for relay processes on the main broker
+    (noida-db: idempotent producer on)."""
+    pipe = await _pipeline(
+        kafka_bootstrap, redis_url, topics, unique, simulator, tmp_path, enable_idempotence=True
     )
-    sim_proc, sim_url = simulator
-    port = int(sim_url.rsplit(":", 1)[1])
-    await wait_for_port("127.0.0.1", port, HEALTH_TIMEOUT_S, sim_proc)
-    pipe = Pipeline(
-        bootstrap=kafka_bootstrap,
-        redis_url=redis_url,
-        requests_topic=requests,
-        results_topic=results,
-        dlq_topic=dlq,
-        group_id=f"relay-{unique}",
-        redis_prefix=f"{unique}",
-        sim_url=sim_url,
-        workdir=tmp_path,
+    try:
+        yield pipe
+    finally:
+        for proc in pipe.relays:
+            proc.stop()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def tansu_pipeline(
+    tansu_bootstrap: str,
+    redis_url: str,
+    topics: TopicFactory,
+    unique: str,
+    simulator: tuple[ManagedProcess, str],
+    tmp_path: Path,
+) -> AsyncIterator[Pipeline]:
+    """The same on Tansu, which expires the sessions of killed consumers (so a relay killed with
+    SIGKILL and restarted gets its partitions back) but refuses the idempotent producer."""
+    pipe = await _pipeline(
+        tansu_bootstrap, redis_url, topics, unique, simulator, tmp_path, enable_idempotence=False
     )
     try:
         yield pipe

@@ -11,7 +11,6 @@ import pytest
 
 from relay.models import event_id_for
 from tests.integration.conftest import Pipeline
-from tests.services import TopicFactory
 
 MODEL = "apimart-doubao-seedance-4-0"
 KCAT_TIMEOUT_S = 60
@@ -62,24 +61,14 @@ async def test_kcat_request_comes_back_as_a_kcat_readable_result(
 
 
 async def test_runs_on_tansu_without_idempotent_producer(
-    tansu_bootstrap: str,
-    redis_url: str,
-    topics: TopicFactory,
-    unique: str,
-    pipeline: Pipeline,
+    tansu_pipeline: Pipeline, unique: str
 ) -> None:
-    requests, results, dlq = await topics(
-        tansu_bootstrap, "requests", "results", "dlq", partitions=2
-    )
-    pipeline.bootstrap = tansu_bootstrap
-    pipeline.requests_topic, pipeline.results_topic, pipeline.dlq_topic = requests, results, dlq
-    pipeline.enable_idempotence = False
     keys = [f"tansu-{unique[:8]}-{i}" for i in range(6)]
-    await pipeline.start_relay()
-    await pipeline.produce(
+    await tansu_pipeline.start_relay()
+    await tansu_pipeline.produce(
         [(k.encode(), json.dumps({"model": MODEL, "input": {"prompt": k}}).encode()) for k in keys]
     )
-    got = await pipeline.results(set(keys), 60.0)
+    got = await tansu_pipeline.results(set(keys), 60.0)
     assert sorted(r.key for r in got) == sorted(keys)
     assert {r.value["status"] for r in got} == {"succeeded"}
-    assert (await pipeline.sim_get("/_sim/ledger"))["count"] == 6
+    assert (await tansu_pipeline.sim_get("/_sim/ledger"))["count"] == 6

@@ -40,19 +40,6 @@ def _by_key(results: list[Result]) -> dict[str, Result]:
     return out
 
 
-async def _metric(port: int, name: str) -> float:
-    async with (
-        aiohttp.ClientSession() as session,
-        session.get(f"http://127.0.0.1:{port}/metrics") as resp,
-    ):
-        text = await resp.text()
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name + "{") or line.startswith(name + " "):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
 async def test_requests_become_results_charged_once(pipeline: Pipeline, unique: str) -> None:
     keys = [f"order-{unique[:8]}-{i}" for i in range(25)]
     requests = {key: _request(i, key) for i, key in enumerate(keys)}
@@ -114,10 +101,10 @@ async def test_requests_become_results_charged_once(pipeline: Pipeline, unique: 
     assert sorted(charged) == sorted(keys), "one charge per valid request, none for the bad one"
 
     total = sum(by_key[k].value["cost_actual"] for k in keys)
-    assert await _metric(port, "relay_tasks_submitted_total") == 25
-    assert await _metric(port, "relay_cost_estimated_usd_total") == pytest.approx(total)
-    assert await _metric(port, "relay_cost_actual_usd_total") == pytest.approx(total)
-    assert await _metric(port, "relay_requests_rejected_total") == 1
+    assert await pipeline.metric(port, "relay_tasks_submitted_total") == 25
+    assert await pipeline.metric(port, "relay_cost_estimated_usd_total") == pytest.approx(total)
+    assert await pipeline.metric(port, "relay_cost_actual_usd_total") == pytest.approx(total)
+    assert await pipeline.metric(port, "relay_requests_rejected_total") == 1
 
 
 async def test_replayed_records_cost_nothing_and_publish_nothing(

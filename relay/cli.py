@@ -76,6 +76,40 @@ def _cmd_sim(args: argparse.Namespace) -> int:
     return sim_cli.run(args)
 
 
+def _cmd_webhooks_replay(args: argparse.Namespace) -> int:
+    if not (args.all or args.endpoint or args.key):
+        print("relay webhooks replay: give --endpoint, --key or --all", file=sys.stderr)
+        return 2
+    try:
+        settings = RelaySettings()
+    except ValidationError as exc:
+        print(f"relay: invalid configuration:\n{exc}", file=sys.stderr)
+        return 2
+    setup_logging(settings.log_level, settings.log_format)
+    from relay.webhook_replay import replay_dead_letters
+
+    counts = asyncio.run(replay_dead_letters(settings, endpoint=args.endpoint, key=args.key))
+    print(
+        f"replayed webhook dead letters from {settings.webhook_dead_letter_topic}: "
+        f"{counts.summary()}"
+    )
+    return 0
+
+
+def _add_webhook_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    webhooks = commands.add_parser("webhooks", help="operate webhook deliveries")
+    actions = webhooks.add_subparsers(dest="webhooks_command", required=True)
+    replay = actions.add_parser(
+        "replay",
+        help="re-deliver dead-lettered webhooks (read from RELAY_WEBHOOK_DEAD_LETTER_TOPIC); "
+        "a running relay delivers them",
+    )
+    replay.add_argument("--endpoint", help="only deliveries to this endpoint URL")
+    replay.add_argument("--key", help="only deliveries of this idempotency key")
+    replay.add_argument("--all", action="store_true", help="every dead-lettered delivery")
+    replay.set_defaults(func=_cmd_webhooks_replay)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="relay", description="Run MindVideo generation tasks from a Kafka topic."
@@ -103,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     submit.add_arguments(submit_parser)
     submit_parser.set_defaults(func=_cmd_submit)
+    _add_webhook_commands(commands)
     return parser
 
 

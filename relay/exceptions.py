@@ -40,3 +40,15 @@ class OperatorError(RelayError):
 
 class StreamUnavailable(RetryableError):
     """The task's event stream cannot be used right now; poll instead."""
+
+
+class WebhookRefused(RelayError):
+    """The SSRF policy refuses this webhook destination; delivering to it is final, not retried."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class WebhookVerificationError(RelayError):
+    """A received webhook's signature or timestamp does not check out: answer 400 and drop it."""

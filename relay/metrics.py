@@ -11,6 +11,11 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 # Generation tasks run from seconds to an hour; the default buckets stop at 10 s.
 TASK_DURATION_BUCKETS_S = (1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800, 3600)
 HTTP_LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+# Webhook deliveries take milliseconds when healthy and up to a day over the retry schedule.
+WEBHOOK_LATENCY_BUCKETS_S = (
+    *(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+    *(300, 1800, 7200, 21600, 43200, 86400, 172800),
+)
 METRICS_CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
@@ -109,6 +114,48 @@ class RelayMetrics:
         )
         self.partitions_paused = Gauge(
             "relay_partitions_paused", "Partitions paused because their work is full.", registry=r
+        )
+
+        # Webhooks (docs/webhooks.md); a dashboard depends on these names and label values.
+        self.webhook_attempts = Counter(
+            "relay_webhook_attempts_total",
+            "Webhook delivery attempts by outcome: success, http_4xx, http_5xx, timeout, "
+            "connection_error, refused, gone, circuit_open (deferred, not attempted).",
+            ["outcome"],
+            registry=r,
+        )
+        self.webhook_delivery_latency = Histogram(
+            "relay_webhook_delivery_latency_seconds",
+            "Result published (Kafka record timestamp) to a 2xx from the endpoint.",
+            buckets=WEBHOOK_LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.webhook_pending_retries = Gauge(
+            "relay_webhook_pending_retries",
+            "Webhook deliveries not finished yet (scheduled or being attempted), all processes.",
+            registry=r,
+        )
+        self.webhook_dead_lettered = Counter(
+            "relay_webhook_dead_lettered_total",
+            "Webhook deliveries written to the webhook dead-letter topic.",
+            registry=r,
+        )
+        self.webhook_circuit_open_endpoints = Gauge(
+            "relay_webhook_circuit_open_endpoints",
+            "Endpoints whose circuit breaker is open or half-open in this process.",
+            registry=r,
+        )
+        self.webhook_deliveries = Counter(
+            "relay_webhook_deliveries_total",
+            "Finished webhook deliveries by outcome: delivered, dead_lettered, no_endpoint, gone.",
+            ["outcome"],
+            registry=r,
+        )
+        self.webhook_internal_errors = Counter(
+            "relay_webhook_internal_errors_total",
+            "Redis or Kafka errors in the webhook pipeline, by operation (each is retried).",
+            ["operation"],
+            registry=r,
         )
 
     def render(self) -> bytes:

@@ -178,3 +178,111 @@ def rejection(
         completed_at=utc_now_iso(),
         metadata=metadata,
     )
+
+
+# Webhook deliveries (DESIGN §6, docs/webhooks.md)
+
+WebhookDeadLetterReason = Literal["exhausted", "refused"]
+
+
+def delivery_id_for(event_id: str, endpoint: str) -> str:
+    """One delivery per result and endpoint: re-reading a result never schedules a second one."""
+    return hashlib.sha256(f"{event_id}\x00{endpoint}".encode()).hexdigest()[:32]
+
+
+class WebhookDelivery(BaseModel):
+    """One result on its way to one endpoint, as kept in Redis between attempts.
+
+    ``body`` is the result record exactly as published; headers are built fresh at each attempt.
+    ``attempts`` counts attempts made (deferrals by the circuit breaker are not attempts).
+    """
+
+    endpoint: str
+    event_id: str
+    idempotency_key: str
+    type: str
+    body: bytes
+    published_ms: int
+    attempts: int = 0
+    last_status: int | None = None
+    last_error: str | None = None
+    replayed: bool = False
+
+    @property
+    def delivery_id(self) -> str:
+        return delivery_id_for(self.event_id, self.endpoint)
+
+    def to_fields(self) -> dict[str, bytes]:
+        """Redis hash fields; ``None`` is stored as an empty value."""
+        out: dict[str, bytes] = {}
+        for name, value in self.model_dump().items():
+            if isinstance(value, bytes):
+                out[name] = value
+            elif isinstance(value, bool):
+                out[name] = b"1" if value else b"0"
+            else:
+                out[name] = b"" if value is None else str(value).encode()
+        return out
+
+    @classmethod
+    def from_fields(cls, fields: dict[bytes, bytes]) -> WebhookDelivery:
+        text = {k.decode(): v.decode("utf-8", "replace") for k, v in fields.items() if k != b"body"}
+        return cls(
+            endpoint=text["endpoint"],
+            event_id=text["event_id"],
+            idempotency_key=text["idempotency_key"],
+            type=text["type"],
+            body=fields[b"body"],
+            published_ms=int(text["published_ms"]),
+            attempts=int(text.get("attempts") or 0),
+            last_status=int(text["last_status"]) if text.get("last_status") else None,
+            last_error=text.get("last_error") or None,
+            replayed=text.get("replayed") == "1",
+        )
+
+
+class WebhookDeadLetter(BaseModel):
+    """The headers of a record on the webhook dead-letter topic; its value is the result body."""
+
+    endpoint: str
+    event_id: str
+    idempotency_key: str
+    type: str
+    reason: WebhookDeadLetterReason
+    attempts: int
+    last_status: int | None = None
+    last_error: str | None = None
+    published_ms: int
+
+    def headers(self) -> list[tuple[str, bytes]]:
+        pairs = [
+            ("content-type", "application/json"),
+            ("event-id", self.event_id),
+            ("type", self.type),
+            ("webhook-endpoint", self.endpoint),
+            ("webhook-reason", self.reason),
+            ("webhook-attempts", str(self.attempts)),
+            ("webhook-last-status", "" if self.last_status is None else str(self.last_status)),
+            ("webhook-last-error", self.last_error or ""),
+            ("webhook-published-ms", str(self.published_ms)),
+        ]
+        return [(name, value.encode("utf-8", "replace")[:1000]) for name, value in pairs]
+
+    @classmethod
+    def from_record(cls, key: bytes | None, headers: list[tuple[str, bytes]]) -> WebhookDeadLetter:
+        h = {name: value.decode("utf-8", "replace") for name, value in headers}
+        return cls.model_validate(
+            {
+                "endpoint": h["webhook-endpoint"],
+                "event_id": h["event-id"],
+                "idempotency_key": (key or b"").decode("utf-8", "replace"),
+                "type": h.get("type", ""),
+                "reason": h["webhook-reason"],
+                "attempts": int(h.get("webhook-attempts") or 0),
+                "last_status": int(h["webhook-last-status"])
+                if h.get("webhook-last-status")
+                else None,
+                "last_error": h.get("webhook-last-error") or None,
+                "published_ms": int(h.get("webhook-published-ms") or 0),
+            }
+        )

@@ -26,6 +26,7 @@ from relay.publisher import ResultPublisher, build_producer
 from relay.settings import RelaySettings
 from relay.store import IdempotencyStore
 from relay.topics import create_topics
+from relay.webhooks import WebhookDispatcher
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,7 @@ class Relay:
         self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._client: MindVideoClient | None = None
+        self._webhooks: WebhookDispatcher | None = None
 
     async def start(self) -> None:
         s = self.settings
@@ -138,6 +140,9 @@ class Relay:
         )
         self._consumer.subscribe()
         await self._kafka_consumer.start()
+        if s.webhooks_enabled:
+            self._webhooks = WebhookDispatcher(s, self._redis, producer, self.metrics)
+            await self._webhooks.start()
         await self._start_http()
         self._tasks = [
             asyncio.create_task(self._consumer.run(), name="consume"),
@@ -164,6 +169,8 @@ class Relay:
             await self._consumer.drain(self.settings.shutdown_grace_s)
         if self._kafka_consumer is not None:
             await self._kafka_consumer.stop()
+        if self._webhooks is not None:
+            await self._webhooks.stop(self.settings.shutdown_grace_s)
         if self._producer_started:
             await self._producer.stop()
         if self._runner is not None:
@@ -184,6 +191,8 @@ class Relay:
         except (RedisError, OSError, TimeoutError, AssertionError) as exc:
             checks["redis"] = f"ping failed: {exc!r}"
         checks["mindvideo"] = self.gate.reason
+        if self._webhooks is not None:
+            checks["webhooks"] = self._webhooks.problem()
         return checks
 
     async def _start_http(self) -> None:

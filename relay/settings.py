@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from relay.signing import decode_secret
 
 CommaList = Annotated[list[str], NoDecode]
 CommaFloats = Annotated[list[float], NoDecode]
@@ -22,7 +24,10 @@ def _split(value: object) -> object:
 class RelaySettings(BaseSettings):
     """Everything an operator can set. Secrets are ``SecretStr`` so they never print."""
 
-    model_config = SettingsConfigDict(env_prefix="RELAY_", extra="ignore")
+    # hide_input_in_errors: a rejected RELAY_WEBHOOK_SECRETS must not be echoed to stderr.
+    model_config = SettingsConfigDict(
+        env_prefix="RELAY_", extra="ignore", hide_input_in_errors=True
+    )
 
     # Kafka
     kafka_bootstrap_servers: str = "127.0.0.1:9092"
@@ -71,6 +76,25 @@ class RelaySettings(BaseSettings):
     webhook_retry_schedule: CommaFloats = Field(
         default_factory=lambda: list(DEFAULT_WEBHOOK_RETRY_SCHEDULE_S)
     )
+    # Webhook delivery (docs/webhooks.md)
+    webhooks_enabled: bool = True
+    webhook_group_id: str | None = None
+    webhook_dead_letter_topic: str = "mindvideo.webhooks.dlq"
+    webhook_auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    webhook_connect_timeout_s: float = Field(default=5.0, gt=0)
+    webhook_timeout_s: float = Field(default=15.0, gt=0)
+    webhook_retry_jitter: float = Field(default=0.2, ge=0, lt=1)
+    webhook_retry_after_max_s: float = Field(default=3600.0, ge=0)
+    webhook_max_in_flight: int = Field(default=200, ge=1)
+    webhook_max_in_flight_per_endpoint: int = Field(default=10, ge=1)
+    webhook_lease_s: float = Field(default=60.0, gt=0)
+    webhook_poll_interval_s: float = Field(default=1.0, gt=0)
+    webhook_done_retention_s: int = Field(default=7 * 24 * 3600, ge=60)
+    webhook_breaker_consecutive_failures: int = Field(default=5, ge=1)
+    webhook_breaker_failure_ratio: float = Field(default=0.7, gt=0, le=1)
+    webhook_breaker_min_requests: int = Field(default=10, ge=1)
+    webhook_breaker_window_s: float = Field(default=300.0, gt=0)
+    webhook_breaker_cooldown_s: float = Field(default=30.0, gt=0)
 
     # HTTP and process
     http_host: str = "0.0.0.0"
@@ -86,10 +110,36 @@ class RelaySettings(BaseSettings):
     @field_validator("webhook_secrets")
     @classmethod
     def _whsec(cls, value: list[str]) -> list[str]:
-        for secret in value:
+        for index, secret in enumerate(value):
             if not secret.startswith("whsec_"):
                 raise ValueError("each webhook secret must start with 'whsec_'")
+            try:
+                decode_secret(secret)
+            except ValueError as exc:
+                raise ValueError(f"webhook secret #{index + 1}: {exc}") from None
         return value
+
+    @field_validator("webhook_retry_schedule")
+    @classmethod
+    def _schedule(cls, value: list[float]) -> list[float]:
+        if not value or any(delay < 0 for delay in value):
+            raise ValueError("the retry schedule needs at least one delay, none negative")
+        return value
+
+    @model_validator(mode="after")
+    def _lease_outlives_attempt(self) -> RelaySettings:
+        if self.webhook_lease_s <= self.webhook_timeout_s:
+            raise ValueError("RELAY_WEBHOOK_LEASE_S must be longer than RELAY_WEBHOOK_TIMEOUT_S")
+        return self
+
+    @property
+    def webhook_default_urls(self) -> list[str]:
+        """``RELAY_WEBHOOK_DEFAULT_URL`` split on commas: one delivery per endpoint."""
+        return [u.strip() for u in (self.webhook_default_url or "").split(",") if u.strip()]
+
+    @property
+    def webhook_consumer_group(self) -> str:
+        return self.webhook_group_id or f"{self.kafka_group_id}.webhooks"
 
     @field_validator("mindvideo_base_url")
     @classmethod

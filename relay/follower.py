@@ -13,6 +13,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from pydantic import ValidationError
 
@@ -58,25 +59,29 @@ class TaskFollower:
         self, task_id: str, last_event_id: str | None, on_event_id: OnEventId
     ) -> TaskSnapshot:
         deadline = self._clock() + self._task_timeout_s
+        cursor = _Cursor(last_event_id)
         stream_failures = 0
         polls_until_stream = 0
         while True:
             if polls_until_stream <= 0:
+                cursor.received = False
                 try:
-                    snapshot, last_event_id = await self._from_stream(
-                        task_id, last_event_id, on_event_id
-                    )
+                    snapshot = await self._from_stream(task_id, cursor, on_event_id)
                     if snapshot is not None:
                         return snapshot
                     stream_failures = 0
                 except StreamUnavailable as exc:
-                    stream_failures += 1
-                    polls_until_stream = min(
-                        2 ** (stream_failures - 1), MAX_STREAM_RETRY_EVERY_POLLS
-                    )
-                    self._metrics.stream_fallbacks.inc()
+                    if cursor.received:
+                        # It worked, then broke: check once by GET, then resume at once.
+                        stream_failures = 0
+                    else:
+                        stream_failures += 1
+                        polls_until_stream = min(
+                            2 ** (stream_failures - 1), MAX_STREAM_RETRY_EVERY_POLLS
+                        )
+                        self._metrics.stream_fallbacks.inc()
                     log.info(
-                        "event stream unavailable, polling",
+                        "event stream broke or is unavailable",
                         extra={"task_id": task_id, "reason": str(exc), "failures": stream_failures},
                     )
             snapshot = await self._client.get_task(task_id)
@@ -89,29 +94,35 @@ class TaskFollower:
                 await self._sleep(self._poll_interval_s)
 
     async def _from_stream(
-        self, task_id: str, last_event_id: str | None, on_event_id: OnEventId
-    ) -> tuple[TaskSnapshot | None, str | None]:
-        """Read the stream until it closes; the terminal snapshot if it came, and the last id.
+        self, task_id: str, cursor: _Cursor, on_event_id: OnEventId
+    ) -> TaskSnapshot | None:
+        """Read the stream until it closes; the terminal snapshot if it came.
 
-        A stream that closes without a single new event counts as unavailable, so a server that
-        hangs up at once is not reconnected to in a tight loop.
+        ``cursor`` keeps the last event id even when the stream breaks, so the next connection
+        resumes after it. A stream that closes without a single event counts as unavailable, so
+        a server that hangs up at once is not reconnected to in a tight loop.
         """
-        received = False
-        async for event in self._client.events(task_id, last_event_id, self._idle_timeout_s):
-            if event.last_event_id is not None and event.last_event_id != last_event_id:
-                last_event_id = event.last_event_id
-                await on_event_id(last_event_id)
-            received = True
+        async for event in self._client.events(task_id, cursor.last_event_id, self._idle_timeout_s):
+            cursor.received = True
+            if event.last_event_id is not None and event.last_event_id != cursor.last_event_id:
+                cursor.last_event_id = event.last_event_id
+                await on_event_id(event.last_event_id)
             status = _event_status(event)
             if status in TERMINAL_STATUSES:
                 snapshot = _event_snapshot(event, task_id)
                 if snapshot is None or snapshot.status != status:
                     snapshot = await self._client.get_task(task_id)
                 if snapshot.terminal:
-                    return snapshot, last_event_id
-        if not received:
+                    return snapshot
+        if not cursor.received:
             raise StreamUnavailable("event stream closed without an event")
-        return None, last_event_id
+        return None
+
+
+@dataclass
+class _Cursor:
+    last_event_id: str | None
+    received: bool = False
 
 
 def _event_status(event: ServerSentEvent) -> str:

@@ -87,8 +87,16 @@ class RequestConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
                     for record in records:
                         # After a partition comes back, records still being worked on are
                         # fetched again from the committed offset: keep the running task.
-                        if record.offset not in work.tasks:
-                            self._dispatch(tp, work, record)
+                        if record.offset in work.tasks:
+                            continue
+                        if (
+                            len(work) >= self._per_partition
+                            or self.in_flight >= self._max_in_flight
+                        ):
+                            # Full: fetch this record again once there is room (bounds are exact).
+                            self._consumer.seek(tp, record.offset)
+                            break
+                        self._dispatch(tp, work, record)
         finally:
             commit_task.cancel()
             await asyncio.gather(commit_task, return_exceptions=True)

@@ -79,6 +79,10 @@ class Relay:
         await producer.start()
         self._producer = producer
         self._producer_started = True
+        if s.webhooks_enabled:
+            # First, and without waiting for a group join: pending retries resume at once.
+            self._webhooks = WebhookDispatcher(s, self._redis, producer, self.metrics)
+            await self._webhooks.start()
         backoff = Backoff(s.mindvideo_backoff_base_s, s.mindvideo_backoff_max_s)
         self._client = MindVideoClient(
             self._session,
@@ -140,9 +144,6 @@ class Relay:
         )
         self._consumer.subscribe()
         await self._kafka_consumer.start()
-        if s.webhooks_enabled:
-            self._webhooks = WebhookDispatcher(s, self._redis, producer, self.metrics)
-            await self._webhooks.start()
         await self._start_http()
         self._tasks = [
             asyncio.create_task(self._consumer.run(), name="consume"),

@@ -84,13 +84,13 @@ class ResultIntake:
         self._stopping = asyncio.Event()
         self._backoff = Backoff(0.2, 10.0)
 
-    def subscribe(self) -> None:
-        self._consumer.subscribe([self._topic])
-
     def stop(self) -> None:
         self._stopping.set()
 
     async def run(self) -> None:
+        """Join the group (in the background of the relay's start), then schedule until stopped."""
+        self._consumer.subscribe([self._topic])
+        await self._consumer.start()  # returns once partitions are assigned
         while not self._stopping.is_set():
             batch = await self._consumer.getmany(
                 timeout_ms=FETCH_TIMEOUT_MS, max_records=MAX_BATCH_RECORDS

@@ -27,6 +27,7 @@ from relay.webhook_schedule import RetrySchedule
 log = logging.getLogger(__name__)
 
 MAX_STOP_GRACE_S = 10.0
+INTAKE_STOP_TIMEOUT_S = 1.0
 
 
 def delivery_store(redis: Redis, settings: RelaySettings) -> DeliveryStore:
@@ -88,6 +89,7 @@ class WebhookDispatcher:
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=s.kafka_bootstrap_servers,
             group_id=s.webhook_consumer_group,
+            group_instance_id=s.kafka_group_instance_id,
             client_id=f"{s.kafka_client_id}-webhooks",
             enable_auto_commit=False,
             auto_offset_reset=s.webhook_auto_offset_reset,
@@ -104,7 +106,6 @@ class WebhookDispatcher:
             clock=clock,
         )
         self._tasks: list[asyncio.Task[None]] = []
-        self._consumer_started = False
 
     async def start(self) -> None:
         s = self._settings
@@ -116,9 +117,6 @@ class WebhookDispatcher:
                 exact=False,
             )
         await self._client.start()
-        self.intake.subscribe()
-        await self._consumer.start()
-        self._consumer_started = True
         self._tasks = [
             asyncio.create_task(self.intake.run(), name="webhook-intake"),
             asyncio.create_task(self.worker.run(), name="webhook-worker"),
@@ -145,7 +143,10 @@ class WebhookDispatcher:
         self.intake.stop()
         await self.worker.stop(min(grace_s, MAX_STOP_GRACE_S))
         if self._tasks:
+            # The intake may still be joining its group; scheduling is idempotent, so cut it.
+            _, pending = await asyncio.wait(self._tasks, timeout=INTAKE_STOP_TIMEOUT_S)
+            for task in pending:
+                task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._consumer_started:
-            await self._consumer.stop()
+        await self._consumer.stop()
         await self._client.stop()

@@ -13,8 +13,9 @@ from aiohttp import web
 from relay.processes import LOCALHOST, free_port
 
 Behaviour = Callable[[int], "int | float"]
-"""Given the 1-based number of the request, an HTTP status to answer, or a negative number of
-seconds to hang before answering 200 (longer than the relay's timeout: the attempt times out)."""
+"""Given how many times this webhook-id has arrived (1 on the first), an HTTP status to answer,
+or a negative number of seconds to hang before answering 200 (longer than the relay's timeout:
+the attempt times out)."""
 
 
 @dataclass
@@ -24,6 +25,7 @@ class Delivery:
     headers: dict[str, str]
     body: bytes
     received_at: float
+    status: int = 0
 
 
 @dataclass
@@ -42,12 +44,15 @@ class Receiver:
 
     async def _handle(self, request: web.Request) -> web.Response:
         body = await request.read()
-        self.deliveries.append(Delivery(dict(request.headers), body, time.time()))
-        answer = self.behaviour(len(self.deliveries))
+        delivery = Delivery(dict(request.headers), body, time.time())
+        self.deliveries.append(delivery)
+        answer = self.behaviour(len(self.by_id()[delivery.headers.get("webhook-id", "")]))
         if answer < 0:
+            # Cancelled when the relay gives up and disconnects: the status stays 0.
             await asyncio.sleep(-answer)
-            return web.Response(status=200)
-        return web.Response(status=int(answer), text="ok")
+            answer = 200
+        delivery.status = int(answer)
+        return web.Response(status=delivery.status, text="ok")
 
     async def start(self) -> None:
         app = web.Application()
@@ -62,6 +67,15 @@ class Receiver:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+
+    def answered(self) -> dict[str, Delivery]:
+        """Per webhook-id, the first delivery answered 2xx (what a deduplicating receiver
+        keeps); a hang counts only if it ended before the relay gave up."""
+        out: dict[str, Delivery] = {}
+        for d in self.deliveries:
+            if 200 <= d.status < 300:
+                out.setdefault(d.headers.get("webhook-id", ""), d)
+        return out
 
     def by_id(self) -> dict[str, list[Delivery]]:
         out: dict[str, list[Delivery]] = {}

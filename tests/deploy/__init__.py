@@ -1,0 +1,1 @@
+"""Tests of the deployment artefacts: Dockerfile, Helm chart, Compose stack, Grafana dashboard."""

@@ -67,9 +67,15 @@ class CircuitBreaker:
         return True
 
     def retry_in_s(self) -> float:
-        """How long until an attempt may be allowed again (0 when it may go now)."""
+        """How long until an attempt may be allowed again (0 when it may go now).
+
+        While a half-open probe is out, the others wait at most until it would count as lost,
+        rather than polling for its outcome.
+        """
         if self._state is BreakerState.OPEN:
             return max(0.0, self._opened_at + self._config.cooldown_s - self._clock())
+        if self._state is BreakerState.HALF_OPEN and self._probe_started is not None:
+            return max(0.0, self._probe_started + self._config.cooldown_s - self._clock())
         return 0.0
 
     def record(self, healthy: bool) -> None:

@@ -115,6 +115,8 @@ def test_breaker_opens_on_consecutive_failures_and_half_opens_after_cooldown() -
     assert breaker.allow(), "one probe after the cool-down"
     assert _state(breaker) is BreakerState.HALF_OPEN
     assert not breaker.allow(), "only one probe at a time"
+    clock.now += 10
+    assert breaker.retry_in_s() == 20, "the others wait for the probe, at most a cool-down"
     breaker.record(False)
     assert _state(breaker) is BreakerState.OPEN
     clock.now += 30

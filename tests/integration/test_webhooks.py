@@ -148,7 +148,12 @@ async def test_dead_lettered_deliveries_are_replayed(
     receiver = Receiver()  # not started yet: every attempt is refused at the TCP level
     dlq = await webhook_dlq(pipeline, topics)
     env = webhook_env(
-        dlq, RELAY_WEBHOOK_DEFAULT_URL=receiver.url, RELAY_WEBHOOK_RETRY_SCHEDULE="0,0.2,0.3"
+        dlq,
+        RELAY_WEBHOOK_DEFAULT_URL=receiver.url,
+        RELAY_WEBHOOK_RETRY_SCHEDULE="0,0.2,0.3",
+        # An open breaker defers deliveries without using attempts; here they should run out.
+        RELAY_WEBHOOK_BREAKER_CONSECUTIVE_FAILURES="1000",
+        RELAY_WEBHOOK_BREAKER_MIN_REQUESTS="1000",
     )
     _, port = await pipeline.start_relay(**env)
     keys = [f"replay-{unique[:8]}-{i}" for i in range(5)]

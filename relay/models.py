@@ -263,10 +263,10 @@ class WebhookDeadLetter(BaseModel):
             ("webhook-reason", self.reason),
             ("webhook-attempts", str(self.attempts)),
             ("webhook-last-status", "" if self.last_status is None else str(self.last_status)),
-            ("webhook-last-error", self.last_error or ""),
+            ("webhook-last-error", (self.last_error or "")[:1000]),
             ("webhook-published-ms", str(self.published_ms)),
         ]
-        return [(name, value.encode("utf-8", "replace")[:1000]) for name, value in pairs]
+        return [(name, value.encode("utf-8", "replace")) for name, value in pairs]
 
     @classmethod
     def from_record(cls, key: bytes | None, headers: list[tuple[str, bytes]]) -> WebhookDeadLetter:

@@ -9,6 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from relay.breaker import BreakerConfig, BreakerState, CircuitBreaker, EndpointGuards
+from relay.models import WebhookDeadLetter
 from relay.settings import DEFAULT_WEBHOOK_RETRY_SCHEDULE_S, RelaySettings
 from relay.webhook_client import classify_status
 from relay.webhook_schedule import RetrySchedule
@@ -173,3 +174,22 @@ def test_endpoint_guards_isolate_endpoints() -> None:
     assert guards.breaker("fast").allow()
     guards.release("slow")
     assert guards.has_capacity("slow")
+
+
+def test_dead_letter_headers_round_trip_a_long_endpoint() -> None:
+    endpoint = "https://hooks.example/" + "p" * 2000
+    letter = WebhookDeadLetter(
+        endpoint=endpoint,
+        event_id="evt_1",
+        idempotency_key="k",
+        type="task.succeeded",
+        reason="exhausted",
+        attempts=8,
+        last_status=503,
+        last_error="x" * 5000,
+        published_ms=1,
+    )
+    back = WebhookDeadLetter.from_record(b"k", letter.headers())
+    assert back.endpoint == endpoint, "replay needs the whole endpoint"
+    assert back.last_error == "x" * 1000
+    assert back.model_dump(exclude={"last_error"}) == letter.model_dump(exclude={"last_error"})

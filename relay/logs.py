@@ -56,5 +56,8 @@ def setup_logging(level: str = "INFO", fmt: str = "auto") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # Client libraries speak at WARNING unless the operator asked for DEBUG.
     for noisy in ("aiokafka", "aiohttp.access"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+        logging.getLogger(noisy).setLevel(
+            root.level if root.level <= logging.DEBUG else max(logging.WARNING, root.level)
+        )

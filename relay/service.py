@@ -128,6 +128,7 @@ class Relay:
             auto_offset_reset="earliest",
             session_timeout_ms=s.kafka_session_timeout_ms,
             heartbeat_interval_ms=s.kafka_heartbeat_interval_ms,
+            max_poll_interval_ms=s.kafka_max_poll_interval_ms,
             max_partition_fetch_bytes=max(1024 * 1024, s.max_record_bytes * 4),
         )
         self._consumer = RequestConsumer(

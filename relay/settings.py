@@ -36,6 +36,9 @@ class RelaySettings(BaseSettings):
     kafka_enable_idempotence: bool = True
     kafka_session_timeout_ms: int = Field(default=10_000, ge=6_000)
     kafka_heartbeat_interval_ms: int = Field(default=2_000, ge=100)
+    # Also the rebalance timeout: how long a rebalance waits for members to rejoin. The relay
+    # polls every 200 ms whatever its load, so it can be far below Kafka's 5-minute default.
+    kafka_max_poll_interval_ms: int = Field(default=60_000, ge=5_000)
     kafka_client_id: str = "mindvideo-relay"
     request_topic: str = "mindvideo.requests"
     result_topic: str = "mindvideo.results"

@@ -60,6 +60,7 @@ class Pipeline:
             RELAY_KAFKA_GROUP_ID=self.group_id,
             RELAY_KAFKA_ENABLE_IDEMPOTENCE=str(self.enable_idempotence).lower(),
             RELAY_KAFKA_SESSION_TIMEOUT_MS="6000",
+            RELAY_KAFKA_MAX_POLL_INTERVAL_MS="15000",
             RELAY_REQUEST_TOPIC=self.requests_topic,
             RELAY_RESULT_TOPIC=self.results_topic,
             RELAY_DEAD_LETTER_TOPIC=self.dlq_topic,
@@ -73,6 +74,7 @@ class Pipeline:
             RELAY_COMMIT_INTERVAL_S="0.2",
             RELAY_HTTP_HOST="127.0.0.1",
             RELAY_LOG_FORMAT="json",
+            RELAY_LOG_LEVEL=os.environ.get("RELAY_TEST_LOG_LEVEL", "INFO"),
         )
         env.update(overrides)
         return env

@@ -250,6 +250,7 @@ class RequestProcessor:
         await self._store.mark_published(result.idempotency_key)
         model = result.model or "unknown"
         self._metrics.tasks_terminal.labels(model, result.status).inc()
+        self._metrics.recent.add(result)
         if result.cost_actual:
             self._metrics.cost_actual.labels(model).inc(result.cost_actual)
         if result.submitted_at:
@@ -278,6 +279,7 @@ class RequestProcessor:
             await self._store.mark_rejected(result.idempotency_key, result)
         self._metrics.requests_rejected.labels(result.error.code).inc()
         self._metrics.tasks_terminal.labels(result.model or "unknown", "rejected").inc()
+        self._metrics.recent.add(result)
         log.info(
             "request rejected",
             extra={"idempotency_key": result.idempotency_key, "code": result.error.code},

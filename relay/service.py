@@ -198,7 +198,14 @@ class Relay:
         return checks
 
     async def _start_http(self) -> None:
-        self._runner = web.AppRunner(build_http_app(self.metrics, self.readiness), access_log=None)
+        token = self.settings.http_token
+        app = build_http_app(
+            self.metrics,
+            self.readiness,
+            recent=self.metrics.recent,
+            token=token.get_secret_value() if token else None,
+        )
+        self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.settings.http_host, self.settings.http_port)
         await site.start()

@@ -102,6 +102,8 @@ class RelaySettings(BaseSettings):
     # HTTP and process
     http_host: str = "0.0.0.0"
     http_port: int = Field(default=8080, ge=0, le=65535)
+    # Protects the status page; /healthz, /readyz and /metrics stay open for probes and scrapes.
+    http_token: SecretStr | None = None
     shutdown_grace_s: float = Field(default=30.0, ge=0)
     log_level: str = "INFO"
     log_format: str = "auto"
@@ -154,4 +156,5 @@ class RelaySettings(BaseSettings):
         data = self.model_dump()
         data["mindvideo_api_key"] = "***" if self.mindvideo_api_key.get_secret_value() else ""
         data["webhook_secrets"] = [f"whsec_***({i})" for i in range(len(self.webhook_secrets))]
+        data["http_token"] = "***" if self.http_token else None
         return data

@@ -26,6 +26,7 @@ from relay.publisher import SourceRecord
 log = logging.getLogger(__name__)
 
 FETCH_TIMEOUT_MS = 200
+LAG_INTERVAL_S = 5.0
 # How long a revocation waits for submits in flight to be recorded before the group rebalances.
 FREEZE_TIMEOUT_S = 10.0
 Process = Callable[[SourceRecord], Awaitable[None]]
@@ -60,6 +61,7 @@ class RequestConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         self._handover = handover
         self._work: dict[TopicPartition, PartitionWork] = {}
         self._parked: dict[TopicPartition, PartitionWork] = {}
+        self._lag_labels: set[str] = set()
         self._paused: set[TopicPartition] = set()
         self._stopping = asyncio.Event()
 
@@ -239,9 +241,36 @@ class RequestConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         self._metrics.partitions_paused.set(len(self._paused))
 
     async def _commit_loop(self) -> None:
+        last_lag = 0.0
+        loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(self._commit_interval_s)
             try:
                 await self.commit()
             except KafkaError as exc:
                 log.warning("offset commit failed; will retry", extra={"reason": repr(exc)})
+            if loop.time() - last_lag >= LAG_INTERVAL_S:
+                last_lag = loop.time()
+                await self._measure_lag()
+
+    async def _measure_lag(self) -> None:
+        """Records not yet finished per partition: log end offset minus the first unfinished."""
+        owned = list(self._work)
+        try:
+            ends = await self._consumer.end_offsets(owned) if owned else {}
+        except KafkaError as exc:
+            log.info("could not read end offsets for the lag metric", extra={"reason": repr(exc)})
+            return
+        shown = set()
+        for tp, end in ends.items():
+            work = self._work.get(tp)
+            position = work.position() if work is not None else None
+            if position is None:
+                committed = await self._consumer.committed(tp)
+                position = committed if committed is not None else end
+            label = str(tp.partition)
+            self._metrics.consumer_lag.labels(label).set(max(0, end - position))
+            shown.add(label)
+        for label in self._lag_labels - shown:
+            self._metrics.consumer_lag.remove(label)
+        self._lag_labels = shown

@@ -116,6 +116,18 @@ class RelayMetrics:
         self.offsets_committed = Counter(
             "relay_offset_commits_total", "Offset commits made to Kafka.", registry=r
         )
+        self.consumer_lag = Gauge(
+            "relay_consumer_lag_records",
+            "Request records not yet finished, by partition owned by this process.",
+            ["partition"],
+            registry=r,
+        )
+        self.dependency_up = Gauge(
+            "relay_dependency_up",
+            "Whether a dependency is usable (1) or not (0), as /readyz reports it.",
+            ["dependency"],
+            registry=r,
+        )
         self.partitions_paused = Gauge(
             "relay_partitions_paused", "Partitions paused because their work is full.", registry=r
         )

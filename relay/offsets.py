@@ -32,6 +32,14 @@ class PartitionWork:
     def done(self, offset: int) -> None:
         self.tasks.pop(offset, None)
 
+    def position(self) -> int | None:
+        """The first offset not yet finished (what a restart would read first), if known."""
+        while self._heap and self._heap[0] not in self.tasks:
+            heapq.heappop(self._heap)
+        if self._heap:
+            return self._heap[0]
+        return self._next_offset if self._next_offset is not None else self.committed
+
     def committable(self) -> int | None:
         """The offset to commit (the next record to read after a restart), if it moved."""
         while self._heap and self._heap[0] not in self.tasks:

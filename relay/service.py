@@ -31,6 +31,7 @@ from relay.webhooks import WebhookDispatcher
 log = logging.getLogger(__name__)
 
 REDIS_PING_TIMEOUT_S = 1.0
+DEPENDENCY_CHECK_INTERVAL_S = 5.0
 
 
 class Relay:
@@ -149,6 +150,7 @@ class Relay:
         self._tasks = [
             asyncio.create_task(self._consumer.run(), name="consume"),
             asyncio.create_task(self._probe_credentials(), name="credential-probe"),
+            asyncio.create_task(self._watch_dependencies(), name="dependency-health"),
         ]
         log.info(
             "relay started", extra={"http_port": self.http_port, "request_topic": s.request_topic}
@@ -212,6 +214,13 @@ class Relay:
         server = site._server
         sockets = getattr(server, "sockets", None) or []
         self.http_port = sockets[0].getsockname()[1] if sockets else self.settings.http_port
+
+    async def _watch_dependencies(self) -> None:
+        """Export the readiness checks as ``relay_dependency_up`` for alerts and dashboards."""
+        while True:
+            for name, problem in (await self.readiness()).items():
+                self.metrics.dependency_up.labels(name).set(0 if problem else 1)
+            await asyncio.sleep(DEPENDENCY_CHECK_INTERVAL_S)
 
     async def _probe_credentials(self) -> None:
         assert self._client is not None

@@ -19,14 +19,28 @@ log = logging.getLogger("relay")
 
 
 async def _serve(settings: RelaySettings) -> int:
+    """Run until SIGTERM/SIGINT (exit 0) or a fatal error (exit 1), a signal during start-up
+    included: a pod being deleted while Kafka is unreachable must not wait for start to end."""
     relay = Relay(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await relay.start()
-    waiter = asyncio.create_task(relay.wait())
     stopper = asyncio.create_task(stop.wait())
+    starting = asyncio.create_task(relay.start())
+    await asyncio.wait({starting, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    if not starting.done():
+        log.info("stop requested during start-up")
+        starting.cancel()
+        await asyncio.gather(starting, return_exceptions=True)
+        await relay.stop()
+        return 0
+    if starting.exception() is not None:
+        stopper.cancel()
+        log.error("the relay could not start: %s", starting.exception())
+        await relay.stop()
+        return 1
+    waiter = asyncio.create_task(relay.wait())
     done, _ = await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
     failed = waiter in done and waiter.exception() is not None
     if failed:

@@ -77,7 +77,11 @@ class Relay:
             client_id=s.kafka_client_id,
             enable_idempotence=s.kafka_enable_idempotence,
         )
-        await producer.start()
+        try:
+            await producer.start()
+        except BaseException:
+            await producer.stop()  # releases its client; start() leaves it open on failure
+            raise
         self._producer = producer
         self._producer_started = True
         if s.webhooks_enabled:

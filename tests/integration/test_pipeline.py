@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 
 from relay.models import event_id_for
-from tests.integration.conftest import Pipeline, Result
+from tests.integration.conftest import SIM_API_KEY, Pipeline, Result
 
 MODEL = "apimart-doubao-seedance-4-0"
 PRICE_PER_IMAGE = {"1K": Decimal("0.0126"), "2K": Decimal("0.0252"), "4K": Decimal("0.0504")}
@@ -105,6 +105,17 @@ async def test_requests_become_results_charged_once(pipeline: Pipeline, unique: 
     assert await pipeline.metric(port, "relay_cost_estimated_usd_total") == pytest.approx(total)
     assert await pipeline.metric(port, "relay_cost_actual_usd_total") == pytest.approx(total)
     assert await pipeline.metric(port, "relay_requests_rejected_total") == 1
+
+    # Logs: one JSON object per line, keys and task ids in them, no secret and no prompt.
+    lines = pipeline.relays[0].log_path.read_text().splitlines()
+    entries = [json.loads(line) for line in lines if line.startswith("{")]
+    assert len(entries) == len(lines), "every log line is a JSON object"
+    published = [e for e in entries if e["msg"] == "result published"]
+    assert {e["idempotency_key"] for e in published} == set(keys)
+    assert all(e["task_id"].startswith("task_") for e in published)
+    text = "\n".join(lines)
+    assert SIM_API_KEY not in text
+    assert "a panda number" not in text
 
 
 async def test_replayed_records_cost_nothing_and_publish_nothing(

@@ -36,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--n", type=int, help="number of images")
     parser.add_argument("--size", help="aspect ratio, e.g. 1:1, 16:9")
-    parser.add_argument("--resolution", choices=["1K", "2K", "4K"])
+    parser.add_argument("--resolution", choices=["1K", "2K", "4K"], help="output resolution")
     parser.add_argument("--input", dest="input_json", help="the model input as a JSON object")
     parser.add_argument(
         "--json",

@@ -12,6 +12,7 @@ import os
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -223,6 +224,7 @@ def simulator(tmp_path: Path, sim_args: list[str]) -> Iterator[tuple[ManagedProc
         proc.stop()
 
 
+@asynccontextmanager
 async def _pipeline(
     bootstrap: str,
     redis_url: str,
@@ -232,12 +234,13 @@ async def _pipeline(
     tmp_path: Path,
     *,
     enable_idempotence: bool,
-) -> Pipeline:
+) -> AsyncIterator[Pipeline]:
+    """Topics and a waiting simulator; every relay started through it is stopped after."""
     requests, results, dlq = await topics(bootstrap, "requests", "results", "dlq", partitions=4)
     sim_proc, sim_url = simulator
     port = int(sim_url.rsplit(":", 1)[1])
     await wait_for_port("127.0.0.1", port, HEALTH_TIMEOUT_S, sim_proc)
-    return Pipeline(
+    pipe = Pipeline(
         bootstrap=bootstrap,
         redis_url=redis_url,
         requests_topic=requests,
@@ -249,6 +252,11 @@ async def _pipeline(
         workdir=tmp_path,
         enable_idempotence=enable_idempotence,
     )
+    try:
+        yield pipe
+    finally:
+        for proc in pipe.relays:
+            proc.stop()
 
 
 @pytest_asyncio.fixture(loop_scope="session")
@@ -262,14 +270,10 @@ async def pipeline(
 ) -> AsyncIterator[Pipeline]:
     """Topics, a running simulator and a factory for relay processes on the main broker
     (noida-db: idempotent producer on)."""
-    pipe = await _pipeline(
+    async with _pipeline(
         kafka_bootstrap, redis_url, topics, unique, simulator, tmp_path, enable_idempotence=True
-    )
-    try:
+    ) as pipe:
         yield pipe
-    finally:
-        for proc in pipe.relays:
-            proc.stop()
 
 
 @pytest_asyncio.fixture(loop_scope="session")
@@ -283,11 +287,7 @@ async def tansu_pipeline(
 ) -> AsyncIterator[Pipeline]:
     """The same on Tansu, which expires the sessions of killed consumers (so a relay killed with
     SIGKILL and restarted gets its partitions back) but refuses the idempotent producer."""
-    pipe = await _pipeline(
+    async with _pipeline(
         tansu_bootstrap, redis_url, topics, unique, simulator, tmp_path, enable_idempotence=False
-    )
-    try:
+    ) as pipe:
         yield pipe
-    finally:
-        for proc in pipe.relays:
-            proc.stop()

@@ -27,7 +27,10 @@ _GROUPS: dict[str, list[tuple[str, str, bool]]] = {
     ],
     "apps/v1": [("deployments", "Deployment", True)],
     "policy/v1": [("poddisruptionbudgets", "PodDisruptionBudget", True)],
-    "monitoring.coreos.com/v1": [("servicemonitors", "ServiceMonitor", True)],
+    "monitoring.coreos.com/v1": [
+        ("servicemonitors", "ServiceMonitor", True),
+        ("prometheusrules", "PrometheusRule", True),
+    ],
     "keda.sh/v1alpha1": [("scaledobjects", "ScaledObject", True)],
 }
 _VERBS = ["create", "delete", "get", "list", "patch", "update", "watch"]

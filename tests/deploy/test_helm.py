@@ -32,6 +32,7 @@ helm = pytest.importorskip(
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "helm" / "mindvideo-relay"
 DASHBOARD = REPO / "deploy" / "grafana" / "dashboards" / "mindvideo-relay.json"
+ALERTS = REPO / "deploy" / "alerts.yml"
 NAMESPACE = "relay"
 RELEASE = "prod"
 FULLNAME = "prod-mindvideo-relay"
@@ -105,6 +106,7 @@ def _env(release: Release) -> dict[str, dict[str, Any]]:
 SCALING = {
     "keda": {"enabled": True, "maxReplicaCount": 12, "lagThreshold": 250},
     "serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
+    "prometheusRule": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
     "config": {"kafka_bootstrap_servers": "kafka-0.kafka:9092,kafka-1.kafka:9092"},
 }
 SIZED = {
@@ -249,6 +251,11 @@ async def test_keda_and_service_monitor(tmp_path: Path) -> None:
     assert (endpoint["port"], endpoint["path"]) == ("http", "/metrics")
     assert "KEDA scales 1..12 replicas" in release.notes
 
+    rule = release.one("PrometheusRule")
+    assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    alerts = yaml.safe_load(ALERTS.read_text())
+    assert rule["spec"]["groups"] == alerts["groups"], "the chart ships deploy/alerts.yml as is"
+
 
 async def test_replicas_extra_env_and_sizes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -304,6 +311,13 @@ async def test_misconfiguration_fails_the_render(
 ) -> None:
     with pytest.raises(helm.InstallError, match=message):
         await _render(tmp_path, overrides)
+
+
+def test_chart_alerts_are_the_deploy_alerts() -> None:
+    copy_in_chart = CHART / "alerts" / "alerts.yml"
+    assert copy_in_chart.read_bytes() == ALERTS.read_bytes(), (
+        "Helm cannot read outside the chart: copy deploy/alerts.yml to helm/mindvideo-relay/alerts/"
+    )
 
 
 def test_chart_dashboard_is_the_deploy_dashboard() -> None:

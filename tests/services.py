@@ -4,7 +4,11 @@ module adds what only tests need."""
 
 from __future__ import annotations
 
+import os
+import shutil
 from dataclasses import dataclass
+
+import pytest
 
 from relay.embedded import (
     noida_binary,
@@ -39,6 +43,7 @@ __all__ = [
     "free_port",
     "noida_binary",
     "redis_server_binary",
+    "require_tool",
     "start_noida",
     "start_redis",
     "start_tansu",
@@ -68,3 +73,18 @@ class TopicFactory:
         names = [f"{base}-{self.suffix}" for base in bases]
         await create_topics(bootstrap, names, partitions)
         return names
+
+
+def require_tool(name: str, debian_package: str) -> str:
+    """The path of a system tool a test drives (kcat, chromium, prometheus, promtool).
+
+    Missing outside CI: the test is skipped, naming the package to install. Missing under
+    ``CI=true`` (``.ci/run`` installs these): the test fails, so CI never passes by skipping.
+    """
+    path = shutil.which(name)
+    if path is not None:
+        return path
+    message = f"{name} is not installed (apt-get install {debian_package}; .ci/run installs it)"
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)

@@ -5,20 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 
 import pytest
 
 from relay.models import event_id_for
 from tests.integration.conftest import Pipeline
+from tests.services import require_tool
 
 MODEL = "apimart-doubao-seedance-4-0"
 KCAT_TIMEOUT_S = 60
 
 
 async def _kcat(*args: str, stdin: bytes | None = None) -> bytes:
-    kcat = shutil.which("kcat")
-    assert kcat, "kcat is not installed: .ci/run installs Debian's kcat package"
+    kcat = require_tool("kcat", "kcat")
     proc = await asyncio.create_subprocess_exec(
         kcat,
         *args,

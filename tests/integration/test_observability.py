@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,13 @@ from tests.integration.observability import (
     produce_varied_load,
     start_loaded_relay,
 )
-from tests.services import ManagedProcess, TopicFactory, free_port, wait_for_port
+from tests.services import (
+    ManagedProcess,
+    TopicFactory,
+    free_port,
+    require_tool,
+    wait_for_port,
+)
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 DASHBOARD = DEPLOY / "grafana/dashboards/mindvideo-relay.json"
@@ -32,9 +37,7 @@ def sim_args() -> list[str]:
 
 
 def _tool(name: str) -> str:
-    path = shutil.which(name)
-    assert path, f"{name} is missing: .ci/run installs Debian's prometheus package"
-    return path
+    return require_tool(name, "prometheus")
 
 
 def _dashboard_queries() -> list[tuple[str, str]]:
@@ -58,6 +61,7 @@ async def _query(session: aiohttp.ClientSession, base: str, expr: str) -> dict[s
 async def test_metrics_pass_promtool_and_every_dashboard_query_returns_data(
     pipeline: Pipeline, topics: TopicFactory, unique: str, tmp_path: Path
 ) -> None:
+    prometheus_bin, promtool_bin = _tool("prometheus"), _tool("promtool")
     loaded = await start_loaded_relay(pipeline, topics, unique)
     prom_port = free_port()
     config = tmp_path / "prometheus.yml"
@@ -70,7 +74,7 @@ async def test_metrics_pass_promtool_and_every_dashboard_query_returns_data(
     prometheus = ManagedProcess(
         "prometheus",
         [
-            _tool("prometheus"),
+            prometheus_bin,
             f"--config.file={config}",
             f"--storage.tsdb.path={tmp_path / 'tsdb'}",
             f"--web.listen-address=127.0.0.1:{prom_port}",
@@ -85,7 +89,7 @@ async def test_metrics_pass_promtool_and_every_dashboard_query_returns_data(
 
         _, metrics_text = await pipeline.relay_get(loaded.port, "/metrics")
         promtool = await asyncio.create_subprocess_exec(
-            _tool("promtool"),
+            promtool_bin,
             "check",
             "metrics",
             stdin=asyncio.subprocess.PIPE,

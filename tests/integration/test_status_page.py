@@ -11,7 +11,6 @@ import asyncio
 import base64
 import itertools
 import json
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,13 @@ from tests.integration.observability import (
     start_loaded_relay,
 )
 from tests.integration.webhook_helpers import OLD_SECRET
-from tests.services import ManagedProcess, TopicFactory, free_port, wait_for_port
+from tests.services import (
+    ManagedProcess,
+    TopicFactory,
+    free_port,
+    require_tool,
+    wait_for_port,
+)
 
 TOKEN = "page-token-7f3a"
 PAGE_IDS = ("consumed", "submitted", "succeeded", "failed", "rejected", "spend_actual")
@@ -109,8 +114,7 @@ async def _page_shows(devtools: DevTools, want: dict[str, float], timeout_s: flo
 async def test_status_page_in_headless_chromium(
     pipeline: Pipeline, topics: TopicFactory, unique: str, tmp_path: Path
 ) -> None:
-    chromium_bin = shutil.which("chromium")
-    assert chromium_bin, "chromium is missing: .ci/run installs Debian's chromium package"
+    chromium_bin = require_tool("chromium", "chromium")
     loaded = await start_loaded_relay(pipeline, topics, unique, RELAY_HTTP_TOKEN=TOKEN)
     page_url = f"http://127.0.0.1:{loaded.port}/?token={TOKEN}"
     status, _ = await pipeline.relay_get(loaded.port, "/")

@@ -1,10 +1,12 @@
 """The delivery worker: claims due webhook deliveries from Redis and attempts them concurrently.
 
 Each claimed delivery runs in its own task, so a slow endpoint holds only its own slots (at most
-``max_in_flight_per_endpoint``) and never the loop. A delivery whose endpoint is full is deferred
-briefly; one whose circuit breaker is open is deferred until the breaker's cool-down ends, without
-using up an attempt. After the last attempt of the schedule, or at once when the SSRF policy
-refuses the endpoint, the delivery goes to the webhook dead-letter topic.
+``max_in_flight_per_endpoint``) and never the loop. A delivery whose endpoint is full waits in this
+process for a slot (up to ``BUSY_WAIT_S``, well inside its lease) and is deferred in Redis only if
+none frees up: a busy endpoint costs no Redis round trips, and a burst of results to one endpoint
+does not turn into a burst of deferrals. One whose circuit breaker is open is deferred until the
+breaker's cool-down ends, without using up an attempt. After the last attempt of the schedule, or at
+once when the SSRF policy refuses the endpoint, the delivery goes to the webhook dead-letter topic.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import contextlib
 import logging
 import random
 import time
+from collections import deque
 from collections.abc import Callable
 
 from aiokafka import AIOKafkaProducer
@@ -32,6 +35,7 @@ from relay.webhook_schedule import RetrySchedule
 log = logging.getLogger(__name__)
 
 BUSY_DEFER_S = 0.5
+BUSY_WAIT_S = 5.0
 DEAD_LETTER_RETRY_S = 10.0
 RELEASE_TIMEOUT_S = 2.0
 
@@ -80,6 +84,7 @@ class DeliveryWorker:
         self._stopping = False
         self._error_backoff = Backoff(0.2, 5.0, self._rng)
         self._gauges_at = 0.0
+        self._capacity_waiters: dict[str, deque[asyncio.Future[bool]]] = {}
 
     def wake(self) -> None:
         """New deliveries were scheduled here: look for due ones now, not at the next poll."""
@@ -140,21 +145,56 @@ class DeliveryWorker:
             self._metrics.webhook_pending_retries.set(await self._store.pending())
 
     def _start(self, claimed: ClaimedDelivery) -> None:
-        endpoint = claimed.delivery.endpoint
-        breaker = self._guards.breaker(endpoint)
-        if not self._guards.has_capacity(endpoint):
-            delay = BUSY_DEFER_S * self._rng.uniform(0.5, 1.5)
-            work = self._defer(claimed, delay)
-        elif not breaker.allow():
-            self._metrics.webhook_attempts.labels("circuit_open").inc()
-            delay = breaker.retry_in_s() + self._rng.uniform(0.0, BUSY_DEFER_S)
-            work = self._defer(claimed, delay)
-        else:
-            self._guards.acquire(endpoint)
-            work = self._attempt(claimed)
+        work = self._when_free(claimed)
         task = asyncio.create_task(work, name=f"webhook-{claimed.delivery.delivery_id[:12]}")
         self._tasks.add(task)
         task.add_done_callback(self._done)
+
+    async def _when_free(self, claimed: ClaimedDelivery) -> None:
+        """Attempt once the endpoint has a free slot and a closed breaker; else defer."""
+        endpoint = claimed.delivery.endpoint
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + BUSY_WAIT_S
+        try:
+            while not self._guards.has_capacity(endpoint):
+                remaining = deadline - loop.time()
+                if remaining <= 0 or not await self._capacity_freed(endpoint, remaining):
+                    await self._defer(claimed, BUSY_DEFER_S * self._rng.uniform(0.5, 1.5))
+                    return
+        except asyncio.CancelledError:
+            with contextlib.suppress(RedisError, TimeoutError):
+                await asyncio.wait_for(
+                    self._store.reschedule(claimed, self._clock()), RELEASE_TIMEOUT_S
+                )
+            raise
+        breaker = self._guards.breaker(endpoint)
+        if not breaker.allow():
+            self._metrics.webhook_attempts.labels("circuit_open").inc()
+            await self._defer(claimed, breaker.retry_in_s() + self._rng.uniform(0.0, BUSY_DEFER_S))
+            return
+        self._guards.acquire(endpoint)
+        await self._attempt(claimed)
+
+    async def _capacity_freed(self, endpoint: str, timeout_s: float) -> bool:
+        """``True`` when a slot of ``endpoint`` was released within ``timeout_s``."""
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[bool] = loop.create_future()
+        self._capacity_waiters.setdefault(endpoint, deque()).append(waiter)
+        expiry = loop.call_later(timeout_s, _expire, waiter)
+        try:
+            return await waiter
+        finally:
+            expiry.cancel()
+
+    def _release(self, endpoint: str) -> None:
+        self._guards.release(endpoint)
+        waiters = self._capacity_waiters.get(endpoint)
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(True)
+                return
+        self._capacity_waiters.pop(endpoint, None)
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
@@ -184,7 +224,7 @@ class DeliveryWorker:
                 )
             raise
         finally:
-            self._guards.release(d.endpoint)
+            self._release(d.endpoint)
         if result.outcome != "refused":
             self._guards.breaker(d.endpoint).record(result.endpoint_healthy)
         self._metrics.webhook_attempts.labels(result.outcome).inc()
@@ -270,3 +310,8 @@ class DeliveryWorker:
         await self._store.finish(claimed, "dead_lettered")
         self._metrics.webhook_dead_lettered.inc()
         self._metrics.webhook_deliveries.labels("dead_lettered").inc()
+
+
+def _expire(waiter: asyncio.Future[bool]) -> None:
+    if not waiter.done():
+        waiter.set_result(False)

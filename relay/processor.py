@@ -140,8 +140,9 @@ class RequestProcessor:
                 return
         snapshot = await self._follow(key, known)
         result = self._result(request, known, snapshot)
-        await self._store.mark_terminal(key, result)
-        await self._publish_result(result, record_ts_ms, rec.webhook_url)
+        body = result.to_json_bytes()  # encoded once: stored, then published as is
+        await self._store.mark_terminal(key, body)
+        await self._publish_result(result, record_ts_ms, rec.webhook_url, body)
 
     async def _submit(self, request: Request) -> IdempotencyRecord:
         key, rec = request.idempotency_key, request.record
@@ -244,9 +245,13 @@ class RequestProcessor:
         )
 
     async def _publish_result(
-        self, result: ResultRecord, record_ts_ms: int, webhook_url: str | None
+        self,
+        result: ResultRecord,
+        record_ts_ms: int,
+        webhook_url: str | None,
+        body: bytes | None = None,
     ) -> None:
-        await self._publisher.publish(result, webhook_url=webhook_url)
+        await self._publisher.publish(result, webhook_url=webhook_url, body=body)
         await self._store.mark_published(result.idempotency_key)
         model = result.model or "unknown"
         self._metrics.tasks_terminal.labels(model, result.status).inc()

@@ -41,9 +41,12 @@ class ResultPublisher:
         self._result_topic = result_topic
         self._dead_letter_topic = dead_letter_topic
 
-    async def publish(self, result: ResultRecord, *, webhook_url: str | None = None) -> None:
+    async def publish(
+        self, result: ResultRecord, *, webhook_url: str | None = None, body: bytes | None = None
+    ) -> None:
         """Publish the result; the request's ``webhook_url`` rides along in a header for the
-        webhook dispatcher (the record's JSON keeps to DESIGN §3)."""
+        webhook dispatcher (the record's JSON keeps to DESIGN §3). ``body`` is the result
+        already encoded, when the caller has it."""
         headers = [
             ("content-type", b"application/json"),
             ("event-id", result.event_id.encode()),
@@ -53,7 +56,7 @@ class ResultPublisher:
             headers.append((WEBHOOK_URL_HEADER, webhook_url.encode()))
         await self._producer.send_and_wait(
             self._result_topic,
-            value=result.to_json_bytes(),
+            value=body if body is not None else result.to_json_bytes(),
             key=result.idempotency_key.encode(),
             headers=headers,
         )

@@ -3,21 +3,43 @@
 States move forward only: ``claimed`` → ``submitted`` → ``terminal`` → ``published``, or
 ``rejected`` when the relay refused the request. Each record keeps the payload fingerprint, task and
 request ids, the last event id seen, timestamps and the result once known. The claim is one Lua
-script, so two owners cannot both see a key as new; every other write touches one hash and resets
-its retention in one MULTI. Key names carry the idempotency key in a hash tag, so a Redis Cluster
-keeps each record on one slot.
+script, so two owners cannot both see a key as new; every other write is one script too, touching
+one hash and resetting its retention atomically. Key names carry the idempotency key in a hash
+tag, so a Redis Cluster keeps each record on one slot.
+
+Thousands of requests in flight each make a handful of these calls. They are not sent one by one:
+the calls made while a batch is on its way are sent together as the next pipeline (at most
+``MAX_BATCHES_IN_FLIGHT`` at once), so the store holds two connections and pays one round trip per
+batch, however many requests run. The last event id of a stream is written behind, with the next
+batch: it only shortens a replay after a restart, and is never waited for.
 """
 
 from __future__ import annotations
 
+import asyncio
+import inspect
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
+from redis.exceptions import RedisError
 
 from relay.models import ResultRecord
 
+log = logging.getLogger(__name__)
+
 ClaimOutcome = Literal["new", "conflict", "existing"]
+MAX_BATCHES_IN_FLIGHT = 2
+MAX_BATCH_CALLS = 1000
+
+_WRITE_LUA = """
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
+return 1
+"""
 
 _CLAIM_LUA = """
 local fp = redis.call('HGET', KEYS[1], 'fp')
@@ -56,6 +78,74 @@ class Claim:
     record: IdempotencyRecord | None = None
 
 
+AddToPipeline = Callable[[Pipeline], Any]
+
+
+class _Batcher:
+    """Sends the calls queued while earlier batches are in flight as one pipeline each."""
+
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+        self._queue: list[tuple[AddToPipeline, asyncio.Future[Any] | None]] = []
+        self._in_flight = 0
+
+    async def call(self, add: AddToPipeline) -> Any:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._enqueue(add, future)
+        return await future
+
+    def call_behind(self, add: AddToPipeline) -> None:
+        """Queue a call nobody waits for (a failure is logged)."""
+        self._enqueue(add, None)
+
+    def _enqueue(self, add: AddToPipeline, future: asyncio.Future[Any] | None) -> None:
+        self._queue.append((add, future))
+        if self._in_flight < MAX_BATCHES_IN_FLIGHT:
+            self._in_flight += 1
+            asyncio.get_running_loop().call_soon(self._start_batch)
+
+    def _start_batch(self) -> None:
+        batch, self._queue = self._queue[:MAX_BATCH_CALLS], self._queue[MAX_BATCH_CALLS:]
+        if not batch:
+            self._in_flight -= 1
+            return
+        task = asyncio.create_task(self._send(batch), name="idempotency-store-batch")
+        task.add_done_callback(self._batch_done)
+
+    def _batch_done(self, _: asyncio.Task[None]) -> None:
+        if self._queue:
+            self._start_batch()
+        else:
+            self._in_flight -= 1
+
+    async def _send(self, batch: list[tuple[AddToPipeline, asyncio.Future[Any] | None]]) -> None:
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for add, _ in batch:
+                    queued = add(pipe)  # a script call is a coroutine; a command is queued at once
+                    if inspect.isawaitable(queued):
+                        await queued
+                replies = await pipe.execute(raise_on_error=False)
+        except (RedisError, OSError) as exc:
+            replies = [exc] * len(batch)
+        except BaseException as exc:
+            # Cancelled or worse: fail the waiters (never leave them hanging), then go on raising.
+            for _, future in batch:
+                if future is not None and not future.done():
+                    future.set_exception(RedisError(f"batch not sent: {exc!r}"))
+            raise
+        for (_, future), reply in zip(batch, replies, strict=True):
+            if future is None:
+                if isinstance(reply, Exception):
+                    log.warning("a write-behind Redis call failed", extra={"reason": repr(reply)})
+            elif future.done():
+                continue  # the caller was cancelled; the call was made all the same
+            elif isinstance(reply, Exception):
+                future.set_exception(reply)
+            else:
+                future.set_result(reply)
+
+
 class IdempotencyStore:
     """Reads and writes idempotency records; the retention restarts with every write."""
 
@@ -64,15 +154,19 @@ class IdempotencyStore:
         self._prefix = prefix
         self._retention_s = retention_s
         self._claim = redis.register_script(_CLAIM_LUA)
+        self._write_script = redis.register_script(_WRITE_LUA)
+        self._batcher = _Batcher(redis)
+        self._event_ids: dict[str, str] = {}
 
     def key(self, idempotency_key: str) -> str:
         return f"{self._prefix}:idem:{{{idempotency_key}}}"
 
     async def claim(self, idempotency_key: str, fingerprint: str, model: str, now: str) -> Claim:
         """Claim the key for this payload, or report a conflict or what is already known."""
-        reply = await self._claim(
-            keys=[self.key(idempotency_key)],
-            args=[fingerprint, now, self._retention_s, model],
+        keys = [self.key(idempotency_key)]
+        args: list[str | int] = [fingerprint, now, self._retention_s, model]
+        reply = await self._batcher.call(
+            lambda pipe: self._claim(keys=keys, args=args, client=pipe)
         )
         outcome = _text(reply[0])
         if outcome == "new":
@@ -99,12 +193,21 @@ class IdempotencyStore:
         await self._write(idempotency_key, fields)
 
     async def mark_event(self, idempotency_key: str, last_event_id: str) -> None:
-        await self._redis.hset(self.key(idempotency_key), "last_event_id", last_event_id)
+        """Remember where the task's event stream got to; written behind, not waited for.
 
-    async def mark_terminal(self, idempotency_key: str, result: ResultRecord) -> None:
-        await self._write(
-            idempotency_key, {"state": "terminal", "result": result.model_dump_json()}
-        )
+        Events that come in a burst cost one write: the latest id of a key not yet sent wins.
+        """
+        key = self.key(idempotency_key)
+        waiting = key in self._event_ids
+        self._event_ids[key] = last_event_id
+        if not waiting:
+            self._batcher.call_behind(
+                lambda pipe: pipe.hset(key, "last_event_id", self._event_ids.pop(key))
+            )
+
+    async def mark_terminal(self, idempotency_key: str, result_json: bytes) -> None:
+        """The result is known: kept (as its published JSON) until it is published."""
+        await self._write(idempotency_key, {"state": "terminal", "result": result_json.decode()})
 
     async def mark_published(self, idempotency_key: str) -> None:
         await self._write(idempotency_key, {"state": "published"})
@@ -115,17 +218,16 @@ class IdempotencyStore:
         )
 
     async def get(self, idempotency_key: str) -> IdempotencyRecord | None:
-        raw = await self._redis.hgetall(self.key(idempotency_key))
+        key = self.key(idempotency_key)
+        raw = await self._batcher.call(lambda pipe: pipe.hgetall(key))
         if not raw:
             return None
         return _record({_text(k): _text(v) for k, v in raw.items()})
 
     async def _write(self, idempotency_key: str, fields: dict[str, str]) -> None:
-        key = self.key(idempotency_key)
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
-            pipe.expire(key, self._retention_s)
-            await pipe.execute()
+        keys = [self.key(idempotency_key)]
+        args: list[str | int] = [self._retention_s, *(v for pair in fields.items() for v in pair)]
+        await self._batcher.call(lambda pipe: self._write_script(keys=keys, args=args, client=pipe))
 
 
 def _text(value: bytes | str) -> str:

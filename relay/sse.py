@@ -70,6 +70,10 @@ class SSEParser:
             text = text[1:]
         self._saw_cr = False
         buf = self._buffer + text
+        if "\r" not in buf:
+            # The common case (LF only): split in C rather than walking characters.
+            *complete, self._buffer = buf.split("\n")
+            return complete
         lines: list[str] = []
         start = 0
         i = 0

@@ -9,6 +9,7 @@ may have been.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -90,19 +91,38 @@ class RequestProcessor:
             )
             await self._publisher.dead_letter(source, decoded.reason, decoded.message)
             if decoded.rejected is not None:
-                await self._publish_rejection(decoded.rejected)
+                await self._refuse(decoded.rejected, None)
             return
         if isinstance(decoded, Rejected):
-            await self._publish_rejection(decoded.result, webhook_url=decoded.webhook_url)
+            await self._refuse(decoded.result, decoded.webhook_url)
             return
         async with self._key_lock(decoded.idempotency_key):
             await self._work(decoded, source.timestamp_ms)
+
+    async def _refuse(self, result: ResultRecord, webhook_url: str | None) -> None:
+        """Publish a rejection decided from the record alone, once per key and reason.
+
+        Nothing is claimed: the key stays free for a corrected request, and a valid request
+        already running under the same key keeps its state.
+        """
+        assert result.error is not None
+        reason = hashlib.sha256(f"{result.error.code}\x00{result.error.message}".encode())
+        async with self._key_lock(result.idempotency_key):
+            if not await self._store.first_time(
+                result.idempotency_key, f"rejected:{reason.hexdigest()[:32]}"
+            ):
+                self._metrics.dedupe_hits.labels("rejected").inc()
+                return
+            await self._publish_rejection(result, remember=False, webhook_url=webhook_url)
 
     async def _work(self, request: Request, record_ts_ms: int) -> None:
         key, rec = request.idempotency_key, request.record
         fingerprint = payload_fingerprint(rec.model, rec.input)
         claim = await self._store.claim(key, fingerprint, rec.model, utc_now_iso())
         if claim.outcome == "conflict":
+            if not await self._store.first_time(key, f"conflict:{fingerprint}"):
+                self._metrics.dedupe_hits.labels("rejected").inc()
+                return
             await self._publish_rejection(
                 rejection(
                     key,

@@ -59,6 +59,16 @@ return out
 """
 
 
+# Set a marker field once; a hash created by it gets the retention like every other record.
+_MARK_ONCE_LUA = """
+local added = redis.call('HSETNX', KEYS[1], ARGV[1], '1')
+if redis.call('TTL', KEYS[1]) < 0 then
+  redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
+end
+return added
+"""
+
+
 @dataclass(frozen=True, slots=True)
 class IdempotencyRecord:
     """What the store knows about one key."""
@@ -155,6 +165,7 @@ class IdempotencyStore:
         self._retention_s = retention_s
         self._claim = redis.register_script(_CLAIM_LUA)
         self._write_script = redis.register_script(_WRITE_LUA)
+        self._mark_once = redis.register_script(_MARK_ONCE_LUA)
         self._batcher = _Batcher(redis)
         self._event_ids: dict[str, str] = {}
 
@@ -216,6 +227,16 @@ class IdempotencyStore:
         await self._write(
             idempotency_key, {"state": "rejected", "result": result.model_dump_json()}
         )
+
+    async def first_time(self, idempotency_key: str, marker: str) -> bool:
+        """Whether ``marker`` is new for this key (and remember it): for outcomes decided without
+        a claim, such as a rejection, so that a replay does not publish them again."""
+        keys = [self.key(idempotency_key)]
+        args: list[str | int] = [f"seen:{marker}", self._retention_s]
+        added = await self._batcher.call(
+            lambda pipe: self._mark_once(keys=keys, args=args, client=pipe)
+        )
+        return bool(added)
 
     async def get(self, idempotency_key: str) -> IdempotencyRecord | None:
         key = self.key(idempotency_key)

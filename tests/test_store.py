@@ -66,3 +66,14 @@ async def test_keys_use_a_cluster_hash_tag_and_expire(
     assert record is not None
     assert record.state == "published"
     assert 0 < await redis_client.ttl(store.key("order-1")) <= 120
+
+
+async def test_first_time_markers_expire_with_the_record(
+    redis_client: aioredis.Redis, unique: str
+) -> None:
+    store = _store(redis_client, unique, retention_s=90)
+    assert await store.first_time("k3", "rejected:abc")
+    assert not await store.first_time("k3", "rejected:abc")
+    assert await store.first_time("k3", "conflict:def")
+    assert 0 < await redis_client.ttl(store.key("k3")) <= 90
+    assert (await store.claim("k3", FP, MODEL, "t0")).outcome == "new", "the key is still free"

@@ -105,5 +105,13 @@ async def test_poison_records_get_their_documented_outcome(pipeline: Pipeline, u
     reasons = sorted(r.headers["error.reason"].decode() for r in dead)
     assert reasons == ["not_json", "not_json", "not_object", "not_utf8", "record_too_large"]
     assert relay.returncode is None, "the relay is still running"
+
+    # The same bad records replayed: no second rejection for any key (a marker proves the
+    # replay was read through).
+    marker = f"good-{u}-3"
+    await pipeline.produce([*poison, _record(marker)])
+    again = await pipeline.results({marker}, 60.0)
+    assert len(again) == len(results) + 1, "the replay published nothing but the marker's result"
     ledger = await pipeline.sim_get("/_sim/ledger")
-    assert sorted(c["idempotency_key"] for c in ledger["charges"]) == [good_first, good_last]
+    charged = sorted(c["idempotency_key"] for c in ledger["charges"])
+    assert charged == sorted([good_first, good_last, marker]), "bad records are never charged"

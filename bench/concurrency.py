@@ -72,7 +72,11 @@ async def in_flight(stack: Stack, cfg: ConcurrencyConfig) -> dict[str, Any]:
             RELAY_MAX_IN_FLIGHT=str(cfg.tasks + 1000),
             RELAY_MAX_IN_FLIGHT_PER_PARTITION=str(cfg.tasks),
         )
+        await asyncio.sleep(SETTLE_S)
         baseline = sample(relay.pid)
+        await asyncio.sleep(cfg.window_s)
+        no_tasks = sample(relay.pid)
+        no_task_cpu = (no_tasks.cpu_s - baseline.cpu_s) / cfg.window_s
         keys = [f"conc-{i}" for i in range(cfg.tasks)]
         started = time.monotonic()
         await produce_burst(stack.bootstrap, topics.requests, keys)
@@ -124,6 +128,7 @@ async def in_flight(stack: Stack, cfg: ConcurrencyConfig) -> dict[str, Any]:
             "baseline_rss_mib": round(baseline.rss_bytes / MIB, 1),
             "rss_mib": round(statistics.median(w["rss_mib"] for w in windows), 1),
             "cpu_share_idle": round(statistics.median(w["cpu_share"] for w in windows), 3),
+            "cpu_share_no_tasks": round(no_task_cpu, 3),
             "open_fds": int(statistics.median(w["open_fds"] for w in windows)),
             "cancelled": cancelled,
             "results": len(reader.results),

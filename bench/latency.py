@@ -55,6 +55,7 @@ async def added_latency(stack: Stack, cfg: LatencyConfig) -> dict[str, Any]:
         reader = ResultReader(stack.bootstrap, topics.results)
         await reader.start()
         to_kafka: list[dict[str, float]] = []
+        to_send: list[dict[str, float]] = []
         to_webhook: list[dict[str, float]] = []
         samples = 0
         try:
@@ -68,6 +69,7 @@ async def added_latency(stack: Stack, cfg: LatencyConfig) -> dict[str, Any]:
                 await wait_for_webhooks(receiver, len(reader.results), cfg.timeout_s)
                 arrivals = await receiver_arrivals(receiver)
                 to_kafka.append(_p([r.seen_at - r.completed_at for r in results]))
+                to_send.append(_p([r.produced_at - r.completed_at for r in results]))
                 to_webhook.append(
                     _p(
                         [
@@ -104,6 +106,7 @@ async def added_latency(stack: Stack, cfg: LatencyConfig) -> dict[str, Any]:
             "duration_s": cfg.duration_s,
             "samples": samples,
             "relay_to_kafka": _median_of(to_kafka),
+            "relay_to_send": _median_of(to_send),
             "relay_to_webhook": _median_of(to_webhook),
             "naive_to_result": _median_of(poller_result),
             "naive_to_webhook": _median_of(poller_webhook),

@@ -80,6 +80,7 @@ class SeenResult:
     type: str
     completed_at: float
     seen_at: float
+    produced_at: float
 
 
 class ResultReader:
@@ -125,6 +126,7 @@ class ResultReader:
                             value["type"],
                             parse_ts(value["completed_at"]),
                             now,
+                            record.timestamp / 1000,
                         ),
                     )
 

@@ -43,6 +43,10 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
                 "p99 ≤ 50",
             )
         )
+        if "relay_to_send" in lat:
+            out.append(
+                ("of which terminal → relay's produce call (ms)", _pair(lat["relay_to_send"]), "")
+            )
         out.append(("Added latency to webhook, p50 / p99 (ms)", _pair(lat["relay_to_webhook"]), ""))
         out.append(
             ("Naive 1 s poller: to result, p50 / p99 (ms)", _pair(lat["naive_to_result"]), "")
@@ -64,6 +68,14 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
         out.append(
             ("Relay CPU while waiting (share of one core)", f"{conc['cpu_share_idle']:.1%}", "")
         )
+        if "cpu_share_no_tasks" in conc:
+            out.append(
+                (
+                    "Relay CPU with no task at all (share of one core)",
+                    f"{conc['cpu_share_no_tasks']:.1%}",
+                    "",
+                )
+            )
         out.append(("Relay open file descriptors", str(conc["open_fds"]), ""))
         out.append(("Event streams open on MindVideo", str(conc["streams_open_on_sim"]), ""))
         out.append(

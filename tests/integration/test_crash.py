@@ -26,7 +26,7 @@ RESULT_TIMEOUT_S = 150.0
 @pytest.fixture
 def sim_args() -> list[str]:
     return (
-        "--queued-s 0.2 --processing-s 0.5-3 --failure-rate 0.05 --rate-5xx 0.1 --rate-429 0.05"
+        "--queued-s 0.2 --processing-s 1-6 --failure-rate 0.05 --rate-5xx 0.1 --rate-429 0.05"
         " --retry-after-s 1 --stream-drop-rate 0.3"
     ).split()
 
@@ -53,16 +53,19 @@ async def test_sigkill_three_times_loses_nothing_and_charges_once(
     rng = random.Random(unique)
     keys = [f"crash-{unique[:8]}-{i:03d}" for i in range(REQUESTS)]
     relay, port = await pipe.start_relay(RELAY_COMMIT_INTERVAL_S="0.5")
-    await pipe.produce(_records(keys))
 
+    # A wave of requests before each kill, so every kill lands on work in flight.
     restarts: list[float] = []
-    seen_before_kill: list[int] = []
-    for _ in range(KILLS):
+    in_flight_at_kill: list[float] = []
+    wave = REQUESTS // KILLS
+    for n in range(KILLS):
+        await pipe.produce(_records(keys[n * wave : (n + 1) * wave]))
         await asyncio.sleep(rng.uniform(1.5, 4.0))
+        in_flight_at_kill.append(await pipe.metric(port, "relay_tasks_in_flight"))
         relay.kill()
-        seen_before_kill.append(len(await pipe.results(set(), 0.5, min_count=10**9)))
         restarts.append(time.time())
         await pipe.restart_relay(relay, port)
+    assert min(in_flight_at_kill) > 0, "each kill hit tasks in flight"
 
     results = await pipe.results(set(keys), RESULT_TIMEOUT_S)
     by_key, duplicates = _summarise(results)
@@ -82,8 +85,8 @@ async def test_sigkill_three_times_loses_nothing_and_charges_once(
         resume_s.append(min(after) - restart if after else float("nan"))
     statuses = Counter(copies[0].value["status"] for copies in by_key.values())
     print(
-        f"\ncrash test: {REQUESTS} requests, {KILLS} SIGKILLs, results seen before each kill "
-        f"{seen_before_kill}, duplicates {duplicates} in total "
+        f"\ncrash test: {REQUESTS} requests, {KILLS} SIGKILLs, in flight at each kill "
+        f"{[int(n) for n in in_flight_at_kill]}, duplicates {duplicates} in total "
         f"({duplicates / KILLS:.1f} per kill), first result after each restart after "
         f"{[round(s, 1) for s in resume_s]} s, statuses {dict(statuses)}, "
         f"charges {ledger['count']}"

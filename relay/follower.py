@@ -31,6 +31,7 @@ from relay.sse import ServerSentEvent
 log = logging.getLogger(__name__)
 
 MAX_STREAM_RETRY_EVERY_POLLS = 32
+# When streams share the request pool (no stream session given to the client): 3/4 of 200.
 DEFAULT_MAX_STREAMS = 150
 DEFAULT_MAX_POLLS_PER_S = 100.0
 OnEventId = Callable[[str], Awaitable[None]]

@@ -69,8 +69,12 @@ class MindVideoClient:
         max_attempts: int,
         request_timeout_s: float,
         sleep: Sleep = asyncio.sleep,
+        stream_session: aiohttp.ClientSession | None = None,
     ) -> None:
+        """``stream_session``, when given, carries the event streams, so streams held for as long
+        as their tasks run never take connections that submits and polls need."""
         self._session = session
+        self._stream_session = stream_session or session
         self._base = base_url.rstrip("/") + "/api/v1"
         self._headers = {"Authorization": f"Bearer {api_key}", "Accept": "application/json"}
         self._metrics = metrics
@@ -125,7 +129,7 @@ class MindVideoClient:
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=idle_timeout_s)
         url = f"{self._base}/tasks/{task_id}/events"
         try:
-            async with self._session.get(url, headers=headers, timeout=timeout) as resp:
+            async with self._stream_session.get(url, headers=headers, timeout=timeout) as resp:
                 self._metrics.mindvideo_responses.labels("events", _code_class(resp.status)).inc()
                 if resp.status in OPERATOR_STATUSES:
                     raise OperatorError(

@@ -68,9 +68,10 @@ class RelaySettings(BaseSettings):
     mindvideo_backoff_base_s: float = Field(default=0.5, gt=0)
     mindvideo_backoff_max_s: float = Field(default=30.0, gt=0)
     mindvideo_poll_interval_s: float = Field(default=2.0, gt=0)
-    # Event streams held at once (each holds a pooled connection while its task runs); tasks
-    # beyond it poll, all together at most ``mindvideo_max_polls_per_s`` times a second.
-    mindvideo_max_streams: int = Field(default=150, ge=1)
+    # Event streams held at once, on a connection pool of their own (a stream holds its
+    # connection while its task runs); tasks beyond it poll, all together at most
+    # ``mindvideo_max_polls_per_s`` times a second.
+    mindvideo_max_streams: int = Field(default=500, ge=1)
     mindvideo_max_polls_per_s: float = Field(default=100.0, gt=0)
     mindvideo_stream_idle_timeout_s: float = Field(default=60.0, gt=0)
     mindvideo_probe_interval_s: float = Field(default=5.0, gt=0)
@@ -145,13 +146,6 @@ class RelaySettings(BaseSettings):
     def webhook_default_urls(self) -> list[str]:
         """``RELAY_WEBHOOK_DEFAULT_URL`` split on commas: one delivery per endpoint."""
         return [u.strip() for u in (self.webhook_default_url or "").split(",") if u.strip()]
-
-    @property
-    def mindvideo_stream_slots(self) -> int:
-        """Streams the follower may hold: ``mindvideo_max_streams``, leaving at least a quarter
-        of the connection pool to submits and polls."""
-        pool = self.mindvideo_max_connections
-        return max(1, min(self.mindvideo_max_streams, pool - max(1, pool // 4)))
 
     @property
     def webhook_consumer_group(self) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from types import SimpleNamespace
 
 import aiohttp
 import pytest
@@ -128,3 +129,53 @@ async def test_polls_space_out_as_pollers_grow() -> None:
     for _ in range(5):
         await pacer.turn()
     assert slept == pytest.approx([0.01, 0.02, 0.03, 0.04]), "polls are 1/rate apart"
+
+
+async def test_streams_can_have_a_pool_of_their_own() -> None:
+    config = SimConfig.model_validate(
+        {"api_keys": [KEY], "queued_s": 0, "processing_s": "0.1-0.2", "seed": 4}
+    )
+    server = TestServer(build_app(config))
+    await server.start_server()
+    paths: dict[str, list[str]] = {"requests": [], "streams": []}
+
+    def counting(kind: str) -> aiohttp.TraceConfig:
+        async def on_start(
+            _: aiohttp.ClientSession, __: SimpleNamespace, params: aiohttp.TraceRequestStartParams
+        ) -> None:
+            paths[kind].append(params.url.path)
+
+        trace = aiohttp.TraceConfig()
+        trace.on_request_start.append(on_start)
+        return trace
+
+    requests = aiohttp.ClientSession(trace_configs=[counting("requests")])
+    streams = aiohttp.ClientSession(trace_configs=[counting("streams")])
+    metrics = RelayMetrics()
+    client = MindVideoClient(
+        requests,
+        base_url=str(server.make_url("")),
+        api_key=KEY,
+        metrics=metrics,
+        backoff=Backoff(0.01, 0.05, random.Random(1)),
+        max_attempts=3,
+        request_timeout_s=5.0,
+        stream_session=streams,
+    )
+    follower = TaskFollower(
+        client, metrics, poll_interval_s=0.05, stream_idle_timeout_s=5.0, task_timeout_s=10.0
+    )
+
+    async def ignore(_: str) -> None:
+        return None
+
+    try:
+        task = await client.submit("own-pool", "apimart-doubao-seedance-4-0", {"prompt": "p"})
+        snapshot = await asyncio.wait_for(follower.follow(task.task_id, None, ignore), 10)
+    finally:
+        await requests.close()
+        await streams.close()
+        await server.close()
+    assert snapshot.status == "succeeded"
+    assert paths["requests"] == ["/api/v1/tasks"], "submits (and polls) use the request pool"
+    assert paths["streams"] == [f"/api/v1/tasks/{task.task_id}/events"]

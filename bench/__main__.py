@@ -37,6 +37,13 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--requests", type=int, help="requests per throughput run (default 5000)")
     p.add_argument("--tasks", type=int, help="tasks held in flight at once (default 10000)")
     p.add_argument("--latency-rate", type=float, help="steady load (default: half of throughput)")
+    p.add_argument(
+        "--relay-env",
+        action="append",
+        default=[],
+        metavar="RELAY_X=VALUE",
+        help="a setting for every relay process (repeatable); default: the relay's defaults",
+    )
     p.add_argument("--save-as", default="latest", help="results file name (default latest)")
     p.add_argument("--keep-workdir", action="store_true", help="keep logs and data afterwards")
     return p.parse_args(argv)
@@ -61,6 +68,12 @@ async def _main(args: argparse.Namespace, results: dict[str, Any], workdir: Path
         timeout_s=60.0 if quick else 120.0,
     )
     stack = Stack(workdir)
+    for item in args.relay_env:
+        name, _, value = item.partition("=")
+        if not name.startswith("RELAY_"):
+            raise SystemExit(f"--relay-env takes RELAY_NAME=VALUE, not {item!r}")
+        stack.relay_env[name] = value
+    results["relay_env"] = dict(stack.relay_env)
     try:
         _say(f"starting the broker and Redis in {workdir}")
         await stack.start_base()

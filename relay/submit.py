@@ -91,17 +91,22 @@ async def _submit(args: argparse.Namespace, settings: RelaySettings) -> int:
     consumer = None
     if args.wait:
         consumer = await _results_from_now(settings)
+    # One record keyed by its idempotency key: a duplicate from a retried send costs nothing (the
+    # relay dedupes by key), so the idempotent producer, which some brokers refuse, is not needed.
     producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap_servers,
-        enable_idempotence=settings.kafka_enable_idempotence,
+        bootstrap_servers=settings.kafka_bootstrap_servers, enable_idempotence=False, acks="all"
     )
-    await producer.start()
     try:
+        await producer.start()
         meta = await producer.send_and_wait(
             settings.request_topic,
             value=request.model_dump_json(exclude_none=True).encode(),
             key=key.encode(),
         )
+    except BaseException:
+        if consumer is not None:
+            await consumer.stop()
+        raise
     finally:
         await producer.stop()
     print(

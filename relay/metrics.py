@@ -128,6 +128,12 @@ class RelayMetrics:
             ["dependency"],
             registry=r,
         )
+        self.event_streams_open = Gauge(
+            "relay_event_streams_open",
+            "MindVideo event streams held now (bounded by RELAY_MINDVIDEO_MAX_STREAMS); "
+            "the other tasks in flight poll.",
+            registry=r,
+        )
         self.partitions_paused = Gauge(
             "relay_partitions_paused", "Partitions paused because their work is full.", registry=r
         )

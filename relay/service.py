@@ -8,7 +8,7 @@ import logging
 import aiohttp
 from aiohttp import web
 from aiokafka import AIOKafkaConsumer
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import RedisError
 
 from relay import __version__
@@ -31,6 +31,8 @@ from relay.webhooks import WebhookDispatcher
 log = logging.getLogger(__name__)
 
 REDIS_PING_TIMEOUT_S = 1.0
+REDIS_MAX_CONNECTIONS = 100
+REDIS_POOL_TIMEOUT_S = 10.0
 DEPENDENCY_CHECK_INTERVAL_S = 5.0
 
 
@@ -45,6 +47,7 @@ class Relay:
         self.http_port: int | None = None
         self._redis: Redis | None = None
         self._session: aiohttp.ClientSession | None = None
+        self._stream_session: aiohttp.ClientSession | None = None
         self._consumer: RequestConsumer | None = None
         self._kafka_consumer: AIOKafkaConsumer | None = None
         self._producer_started = False
@@ -65,13 +68,17 @@ class Relay:
                 s.kafka_topic_partitions,
                 exact=False,
             )
-        self._redis = Redis.from_url(s.redis_url)
-        await self._redis.ping()
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=s.mindvideo_max_connections),
-            timeout=aiohttp.ClientTimeout(total=None, connect=s.mindvideo_connect_timeout_s),
-            headers={"User-Agent": f"mindvideo-relay/{__version__}"},
+        # A burst waits for a connection instead of failing (redis-py's default pool raises).
+        self._redis = Redis(
+            connection_pool=BlockingConnectionPool.from_url(
+                s.redis_url, max_connections=REDIS_MAX_CONNECTIONS, timeout=REDIS_POOL_TIMEOUT_S
+            )
         )
+        await self._redis.ping()
+        self._session = self._mindvideo_session(s.mindvideo_max_connections)
+        # Event streams live as long as their tasks: a pool of their own, so they can never
+        # take the connections submits and polls need.
+        self._stream_session = self._mindvideo_session(s.mindvideo_max_streams)
         producer = build_producer(
             s.kafka_bootstrap_servers,
             client_id=s.kafka_client_id,
@@ -98,19 +105,24 @@ class Relay:
             max_attempts=s.mindvideo_max_attempts,
             request_timeout_s=s.mindvideo_request_timeout_s,
             sleep=self.handover.sleep,
+            stream_session=self._stream_session,
         )
+        follower = TaskFollower(
+            self._client,
+            self.metrics,
+            poll_interval_s=s.mindvideo_poll_interval_s,
+            stream_idle_timeout_s=s.mindvideo_stream_idle_timeout_s,
+            task_timeout_s=s.task_timeout_s,
+            max_streams=s.mindvideo_max_streams,
+            max_polls_per_s=s.mindvideo_max_polls_per_s,
+        )
+        self.metrics.event_streams_open.set_function(lambda: follower.streams.in_use)
         processor = RequestProcessor(
             store=IdempotencyStore(
                 self._redis, prefix=s.redis_key_prefix, retention_s=s.idempotency_retention_s
             ),
             client=self._client,
-            follower=TaskFollower(
-                self._client,
-                self.metrics,
-                poll_interval_s=s.mindvideo_poll_interval_s,
-                stream_idle_timeout_s=s.mindvideo_stream_idle_timeout_s,
-                task_timeout_s=s.task_timeout_s,
-            ),
+            follower=follower,
             publisher=ResultPublisher(
                 producer,
                 self.metrics,
@@ -185,6 +197,8 @@ class Relay:
             await self._runner.cleanup()
         if self._session is not None:
             await self._session.close()
+        if self._stream_session is not None:
+            await self._stream_session.close()
         if self._redis is not None:
             await self._redis.aclose()
         log.info("stopped")
@@ -202,6 +216,15 @@ class Relay:
         if self._webhooks is not None:
             checks["webhooks"] = self._webhooks.problem()
         return checks
+
+    def _mindvideo_session(self, connections: int) -> aiohttp.ClientSession:
+        return aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=connections),
+            timeout=aiohttp.ClientTimeout(
+                total=None, connect=self.settings.mindvideo_connect_timeout_s
+            ),
+            headers={"User-Agent": f"mindvideo-relay/{__version__}"},
+        )
 
     async def _start_http(self) -> None:
         token = self.settings.http_token

@@ -44,6 +44,13 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         metavar="RELAY_X=VALUE",
         help="a setting for every relay process (repeatable); default: the relay's defaults",
     )
+    p.add_argument(
+        "--broker",
+        choices=["noida", "tansu"],
+        default="noida",
+        help="embedded broker (default noida, which supports the idempotent producer; its empty "
+        "fetches return at once, so idle consumers spin: use tansu for the idle-CPU figures)",
+    )
     p.add_argument("--save-as", default="latest", help="results file name (default latest)")
     p.add_argument("--keep-workdir", action="store_true", help="keep logs and data afterwards")
     return p.parse_args(argv)
@@ -67,7 +74,7 @@ async def _main(args: argparse.Namespace, results: dict[str, Any], workdir: Path
         warmup=50 if quick else 200,
         timeout_s=60.0 if quick else 120.0,
     )
-    stack = Stack(workdir)
+    stack = Stack(workdir, args.broker)
     for item in args.relay_env:
         name, _, value = item.partition("=")
         if not name.startswith("RELAY_"):
@@ -78,6 +85,7 @@ async def _main(args: argparse.Namespace, results: dict[str, Any], workdir: Path
         _say(f"starting the broker and Redis in {workdir}")
         await stack.start_base()
         results["machine"] = machine_info(stack.redis_binary)
+        results["machine"]["broker"] = args.broker
         if "throughput" in phases:
             _say(f"throughput, 1 relay: {runs} x {tp.requests} requests, then the minimal loop")
             results["throughput_1"] = await relay_throughput(stack, 1, tp, with_minimal=True)

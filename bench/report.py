@@ -112,7 +112,8 @@ def markdown(results: dict[str, Any]) -> str:
         *(f"| {a} | {b} | {c} |" for a, b, c in rows(results)),
         "",
         f"Machine: {m['cores']} cores, {m['ram_gib']:g} GiB RAM, {m['cpu_model']}, {m['os']}, "
-        f"Python {m['python']}; load average at start {m.get('load_average', '-')}.",
+        f"Python {m['python']}; broker {m.get('broker', 'noida')}; "
+        f"load average at start {m.get('load_average', '-')}.",
         "Packages: " + ", ".join(f"{k} {v}" for k, v in m["packages"].items()) + ".",
     ]
     for name in ("throughput_1", "throughput_2"):

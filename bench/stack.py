@@ -1,9 +1,10 @@
 """The processes a benchmark drives, all on loopback and all stopped at the end.
 
-The broker (noida-db) and Redis live for the whole run; each phase starts its own simulator,
-webhook receiver and relay processes (``relay run``, configured only through ``RELAY_*`` variables,
-as an operator would) and stops them when it ends. Every child is a ``ManagedProcess`` in its own
-session, stopped by PID and process group, so nothing is left running even on Ctrl-C.
+The broker (noida-db, or Tansu with --broker tansu) and Redis live for the whole run; each phase
+starts its own simulator, webhook receiver and relay processes (``relay run``, configured only
+through ``RELAY_*`` variables, as an operator would) and stops them when it ends. Every child is a
+``ManagedProcess`` in its own session, stopped by PID and process group, so nothing is left running
+even on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import aiohttp
 
-from relay.embedded import redis_server_binary, start_noida, start_redis
+from relay.embedded import redis_server_binary, start_noida, start_redis, start_tansu
 from relay.processes import LOCALHOST, ManagedProcess, free_port, wait_for_port
 from relay.topics import create_topics
 
@@ -53,8 +54,9 @@ class Topics:
 class Stack:
     """Starts and tracks every child process; ``close()`` stops them all, newest first."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, broker: str = "noida") -> None:
         self.workdir = workdir
+        self.broker = broker
         self.bootstrap = ""
         self.redis_url = ""
         self.redis_binary = str(redis_server_binary())
@@ -62,7 +64,10 @@ class Stack:
         self.relay_env: dict[str, str] = {}
 
     async def start_base(self) -> None:
-        kafka, self.bootstrap = await start_noida(self.workdir / "kafka")
+        start_broker = start_tansu if self.broker == "tansu" else start_noida
+        kafka, self.bootstrap = await start_broker(self.workdir / "kafka")
+        if self.broker == "tansu":  # Tansu refuses aiokafka's idempotent producer
+            self.relay_env.setdefault("RELAY_KAFKA_ENABLE_IDEMPOTENCE", "false")
         self._children.append(kafka)
         redis, self.redis_url = await start_redis(self.workdir / "redis")
         self._children.append(redis)

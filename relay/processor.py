@@ -14,8 +14,8 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
-from typing import Any, TypeVar
+from datetime import datetime
+from typing import TypeVar
 
 from relay.backoff import Backoff
 from relay.decode import DeadLetter, Rejected, Request, decode_request
@@ -26,16 +26,14 @@ from relay.handover import Handover
 from relay.metrics import RelayMetrics
 from relay.mindvideo import MindVideoClient
 from relay.models import (
-    ResultError,
     ResultRecord,
     TaskSnapshot,
-    event_id_for,
-    format_ts,
     payload_fingerprint,
     rejection,
     utc_now_iso,
 )
 from relay.publisher import ResultPublisher, SourceRecord
+from relay.results import terminal_result
 from relay.store import IdempotencyRecord, IdempotencyStore
 
 log = logging.getLogger(__name__)
@@ -158,8 +156,14 @@ class RequestProcessor:
                     webhook_url=rec.webhook_url,
                 )
                 return
-        snapshot = await self._follow(key, known)
-        result = self._result(request, known, snapshot)
+        try:
+            result = terminal_result(key, rec, known, await self._follow(key, known))
+        except FollowTimeout as exc:
+            log.error(
+                "task did not finish in time",
+                extra={"idempotency_key": key, "task_id": known.task_id},
+            )
+            result = terminal_result(key, rec, known, None, timeout_message=str(exc))
         body = result.to_json_bytes()  # encoded once: stored, then published as is
         await self._store.mark_terminal(key, body)
         await self._publish_result(result, record_ts_ms, rec.webhook_url, body)
@@ -192,22 +196,17 @@ class RequestProcessor:
             submitted_at=submitted_at,
         )
 
-    async def _follow(self, key: str, known: IdempotencyRecord) -> TaskSnapshot | FollowTimeout:
+    async def _follow(self, key: str, known: IdempotencyRecord) -> TaskSnapshot:
+        """The terminal snapshot; raises ``FollowTimeout`` after ``RELAY_TASK_TIMEOUT_S``."""
         assert known.task_id is not None
         task_id = known.task_id
 
         async def remember(event_id: str) -> None:
             await self._store.mark_event(key, event_id)
 
-        try:
-            return await self._through_outages(
-                lambda: self._follower.follow(task_id, known.last_event_id, remember)
-            )
-        except FollowTimeout as exc:
-            log.error(
-                "task did not finish in time", extra={"idempotency_key": key, "task_id": task_id}
-            )
-            return exc
+        return await self._through_outages(
+            lambda: self._follower.follow(task_id, known.last_event_id, remember)
+        )
 
     async def _through_outages(self, call: Callable[[], Awaitable[T]]) -> T:
         """Run ``call`` until it succeeds; outages and credential problems wait, never reject."""
@@ -228,41 +227,6 @@ class RequestProcessor:
                     extra={"delay_s": round(delay, 3), "reason": str(exc)},
                 )
                 await self._handover.sleep(delay)
-
-    def _result(
-        self, request: Request, known: IdempotencyRecord, outcome: TaskSnapshot | FollowTimeout
-    ) -> ResultRecord:
-        key, rec = request.idempotency_key, request.record
-        if isinstance(outcome, FollowTimeout):
-            status, output, cost_actual = "failed", None, None
-            error: ResultError | None = ResultError(
-                code="relay_follow_timeout", message=str(outcome)
-            )
-            request_id, completed_at = known.request_id, utc_now_iso()
-        else:
-            status, output, cost_actual = outcome.status, outcome.output, outcome.cost_actual
-            error = _task_error(outcome.error) if status != "succeeded" else None
-            request_id = outcome.request_id or known.request_id
-            completed_at = _completed_at(outcome)
-        result_type = f"task.{status}"
-        return ResultRecord.model_validate(
-            {
-                "event_id": event_id_for(key, result_type),
-                "type": result_type,
-                "idempotency_key": key,
-                "model": rec.model,
-                "request_id": request_id,
-                "task_id": known.task_id,
-                "status": status,
-                "output": output,
-                "error": error,
-                "cost_estimate": known.cost_estimate,
-                "cost_actual": cost_actual,
-                "submitted_at": known.submitted_at,
-                "completed_at": completed_at,
-                "metadata": rec.metadata,
-            }
-        )
 
     async def _publish_result(
         self,
@@ -324,28 +288,3 @@ class RequestProcessor:
                 del self._key_locks[key]
             else:
                 self._key_locks[key] = (lock, users - 1)
-
-
-def _task_error(raw: Any) -> ResultError:
-    if isinstance(raw, dict):
-        return ResultError(
-            code=str(raw.get("code") or "task_failed"),
-            message=str(raw.get("message") or raw.get("detail") or ""),
-        )
-    if raw:
-        return ResultError(code="task_failed", message=str(raw))
-    return ResultError(code="task_failed", message="MindVideo reported no reason")
-
-
-def _completed_at(snapshot: TaskSnapshot) -> str:
-    """MindVideo's completion time when it gives one, in the record's format; else now."""
-    extra = snapshot.model_extra or {}
-    for name in ("completed_at", "finished_at", "updated_at"):
-        value = extra.get(name)
-        if isinstance(value, str):
-            try:
-                moment = datetime.fromisoformat(value)
-            except ValueError:
-                continue
-            return format_ts(moment if moment.tzinfo else moment.replace(tzinfo=UTC))
-    return utc_now_iso()

@@ -42,7 +42,11 @@ class CircuitBreaker:
         self._clock = clock
         self._state = BreakerState.CLOSED
         self._consecutive = 0
-        self._window: deque[tuple[float, bool]] = deque()
+        # Outcomes per second of the window: [second, attempts, failures], with running totals,
+        # so recording is O(1) however busy the endpoint (not a scan of every attempt).
+        self._window: deque[list[int]] = deque()
+        self._attempts = 0
+        self._failures = 0
         self._opened_at = 0.0
         self._probe_started: float | None = None
 
@@ -88,14 +92,23 @@ class CircuitBreaker:
             else:
                 self._open(now)
             return
-        self._window.append((now, healthy))
+        second = int(now)
+        if not self._window or self._window[-1][0] != second:
+            self._window.append([second, 0, 0])
+        bucket = self._window[-1]
+        bucket[1] += 1
+        self._attempts += 1
+        if not healthy:
+            bucket[2] += 1
+            self._failures += 1
         while self._window and self._window[0][0] < now - self._config.window_s:
-            self._window.popleft()
+            _, attempts, failures = self._window.popleft()
+            self._attempts -= attempts
+            self._failures -= failures
         self._consecutive = 0 if healthy else self._consecutive + 1
-        failures = sum(1 for _, ok in self._window if not ok)
         ratio_tripped = (
-            len(self._window) >= self._config.min_requests
-            and failures / len(self._window) >= self._config.failure_ratio
+            self._attempts >= self._config.min_requests
+            and self._failures / self._attempts >= self._config.failure_ratio
         )
         if self._state is BreakerState.CLOSED and (
             self._consecutive >= self._config.consecutive_failures or ratio_tripped
@@ -110,6 +123,8 @@ class CircuitBreaker:
         self._state = BreakerState.CLOSED
         self._consecutive = 0
         self._window.clear()
+        self._attempts = 0
+        self._failures = 0
 
 
 class EndpointGuards:

@@ -193,3 +193,20 @@ def test_dead_letter_headers_round_trip_a_long_endpoint() -> None:
     assert back.endpoint == endpoint, "replay needs the whole endpoint"
     assert back.last_error == "x" * 1000
     assert back.model_dump(exclude={"last_error"}) == letter.model_dump(exclude={"last_error"})
+
+
+def test_breaker_window_totals_survive_busy_seconds_and_eviction() -> None:
+    clock = Clock()
+    config = BreakerConfig(
+        consecutive_failures=100, failure_ratio=0.5, min_requests=10, window_s=60, cooldown_s=5
+    )
+    breaker = CircuitBreaker(config, clock)
+    for _ in range(10_000):  # one busy second of successes
+        breaker.record(True)
+    for _ in range(20):
+        breaker.record(False)
+    assert _state(breaker) is BreakerState.CLOSED, "20 failures of 10,020 is a healthy endpoint"
+    clock.now += 61  # the busy second leaves the window
+    for _ in range(10):
+        breaker.record(False)
+    assert _state(breaker) is BreakerState.OPEN, "now 10 of 10 failed in the window"

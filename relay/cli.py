@@ -10,7 +10,7 @@ import sys
 
 from pydantic import ValidationError
 
-from relay import __version__
+from relay import __version__, eventloop
 from relay.logs import setup_logging
 from relay.service import Relay
 from relay.settings import RelaySettings
@@ -55,7 +55,7 @@ def _cmd_run(_: argparse.Namespace) -> int:
     if settings is None:
         return 2
     setup_logging(settings.log_level, settings.log_format)
-    return asyncio.run(_serve(settings))
+    return eventloop.run(_serve(settings))
 
 
 def _settings() -> RelaySettings | None:

@@ -22,6 +22,7 @@ from pathlib import Path
 from aiohttp import web
 from pydantic import SecretStr
 
+from relay import eventloop
 from relay.dev_receiver import WEBHOOK_PATH, build_receiver, new_secret
 from relay.embedded import start_noida, start_redis, start_tansu
 from relay.processes import LOCALHOST, ManagedProcess
@@ -196,7 +197,7 @@ Try, in another terminal:
 
 def run(args: argparse.Namespace, settings: RelaySettings) -> int:
     try:
-        return asyncio.run(_run(args, settings))
+        return eventloop.run(_run(args, settings))
     except PortBusy as exc:
         print(f"relay dev: {exc}", file=sys.stderr)
         return 2

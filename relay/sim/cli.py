@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from aiohttp import web
 from pydantic import ValidationError
 
+from relay import eventloop
 from relay.sim.app import build_app
 from relay.sim.config import SimConfig
 
@@ -113,5 +114,5 @@ def run(args: argparse.Namespace) -> int:
     except ValidationError as exc:
         print(f"relay sim: invalid settings:\n{exc}", file=sys.stderr)
         return EXIT_BAD_CONFIG
-    asyncio.run(_serve_until_signal(config))
+    eventloop.run(_serve_until_signal(config))
     return EXIT_OK

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -107,22 +108,10 @@ class Pipeline:
 
     async def metric(self, port: int, name: str, **labels: str) -> float:
         """Sum of a metric's samples on a relay's ``/metrics`` (filtered by label values)."""
-        _, text = await self.relay_get(port, "/metrics")
-        total = 0.0
-        for line in text.splitlines():
-            if not (line.startswith(name + "{") or line.startswith(name + " ")):
-                continue
-            if all(f'{k}="{v}"' in line for k, v in labels.items()):
-                total += float(line.rsplit(" ", 1)[1])
-        return total
+        return await relay_metric(port, name, **labels)
 
     async def sim_post(self, path: str, body: dict[str, Any]) -> Any:
-        async with (
-            aiohttp.ClientSession() as session,
-            session.post(self.sim_url + path, json=body) as resp,
-        ):
-            resp.raise_for_status()
-            return await resp.json()
+        return await self._sim("POST", path, body)
 
     async def produce(self, records: Sequence[tuple[bytes | None, bytes]]) -> float:
         """Produce the records; returns the time the first was sent (``time.monotonic``)."""
@@ -178,17 +167,35 @@ class Pipeline:
         return out
 
     async def sim_get(self, path: str) -> Any:
-        async with aiohttp.ClientSession() as session, session.get(self.sim_url + path) as resp:
-            resp.raise_for_status()
-            return await resp.json()
+        return await self._sim("GET", path)
 
     async def sim_put(self, path: str, body: dict[str, Any]) -> Any:
+        return await self._sim("PUT", path, body)
+
+    async def _sim(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        """A call to the simulator (its ``/_sim/`` endpoints need no key); the JSON answer."""
         async with (
             aiohttp.ClientSession() as session,
-            session.put(self.sim_url + path, json=body) as resp,
+            session.request(method, self.sim_url + path, json=body) as resp,
         ):
             resp.raise_for_status()
             return await resp.json()
+
+
+async def relay_metric(port: int, name: str, **labels: str) -> float:
+    """Sum of the samples of ``name`` on a relay's ``/metrics`` whose labels include ``labels``."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"http://127.0.0.1:{port}/metrics") as resp,
+    ):
+        text = await resp.text()
+    total = 0.0
+    pattern = re.compile(rf"^{re.escape(name)}(\{{[^}}]*\}})? (\S+)$")
+    for line in text.splitlines():
+        match = pattern.match(line)
+        if match and all(f'{k}="{v}"' in (match.group(1) or "") for k, v in labels.items()):
+            total += float(match.group(2))
+    return total
 
 
 @pytest.fixture

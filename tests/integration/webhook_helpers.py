@@ -5,15 +5,13 @@ from __future__ import annotations
 import base64
 import json
 import os
-import re
 import time
 from dataclasses import dataclass
 
-import aiohttp
 from aiokafka import AIOKafkaConsumer
 from standardwebhooks import Webhook
 
-from tests.integration.conftest import Pipeline
+from tests.integration.conftest import Pipeline, relay_metric
 from tests.services import TopicFactory
 from tests.webhook_receiver import Delivery
 
@@ -80,20 +78,7 @@ async def read_topic(bootstrap: str, topic: str, count: int, timeout_s: float) -
     return out
 
 
-async def metric(port: int, name: str, **labels: str) -> float:
-    """Sum of the samples of ``name`` whose labels include ``labels``."""
-    async with (
-        aiohttp.ClientSession() as session,
-        session.get(f"http://127.0.0.1:{port}/metrics") as resp,
-    ):
-        text = await resp.text()
-    total = 0.0
-    pattern = re.compile(rf"^{re.escape(name)}(\{{[^}}]*\}})? (\S+)$")
-    for line in text.splitlines():
-        match = pattern.match(line)
-        if match and all(f'{k}="{v}"' in (match.group(1) or "") for k, v in labels.items()):
-            total += float(match.group(2))
-    return total
+metric = relay_metric  # the webhook tests' name for it
 
 
 def verified(delivery: Delivery) -> dict[str, object]:

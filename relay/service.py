@@ -7,7 +7,7 @@ import logging
 
 import aiohttp
 from aiohttp import web
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import RedisError
 
@@ -50,7 +50,7 @@ class Relay:
         self._stream_session: aiohttp.ClientSession | None = None
         self._consumer: RequestConsumer | None = None
         self._kafka_consumer: AIOKafkaConsumer | None = None
-        self._producer_started = False
+        self._producer: AIOKafkaProducer | None = None  # set once started
         self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._client: MindVideoClient | None = None
@@ -90,7 +90,6 @@ class Relay:
             await producer.stop()  # releases its client; start() leaves it open on failure
             raise
         self._producer = producer
-        self._producer_started = True
         if s.webhooks_enabled:
             # First, and without waiting for a group join: pending retries resume at once.
             self._webhooks = WebhookDispatcher(s, self._redis, producer, self.metrics)
@@ -191,7 +190,7 @@ class Relay:
             await self._kafka_consumer.stop()
         if self._webhooks is not None:
             await self._webhooks.stop(self.settings.shutdown_grace_s)
-        if self._producer_started:
+        if self._producer is not None:
             await self._producer.stop()
         if self._runner is not None:
             await self._runner.cleanup()

@@ -21,7 +21,7 @@ import aiohttp
 from bench.load import PROMPT, parse_ts
 from bench.stack import API_KEY, MODEL, WEBHOOK_SECRET
 from relay.models import TERMINAL_STATUSES, event_id_for
-from relay.signing import WebhookSigner
+from relay.webhooks.signing import WebhookSigner
 
 CONNECTIONS = 200
 NAIVE_POLL_INTERVAL_S = 1.0

@@ -15,7 +15,8 @@ import time
 
 from aiohttp import web
 
-from relay.signing import decode_secret, sign
+from relay.models import decode_secret
+from relay.webhooks.signing import sign
 
 HOOK_PATH = "/hook"
 

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import aiohttp
 
-from relay.embedded import redis_server_binary, start_noida, start_redis, start_tansu
-from relay.processes import LOCALHOST, ManagedProcess, free_port, wait_for_port
+from relay.devtools.embedded import redis_server_binary, start_noida, start_redis, start_tansu
+from relay.devtools.processes import LOCALHOST, ManagedProcess, free_port, wait_for_port
 from relay.topics import create_topics
 
 API_KEY = "mv_test_bench"

@@ -67,7 +67,7 @@ def _settings() -> RelaySettings | None:
 
 
 def _cmd_dev(args: argparse.Namespace) -> int:
-    from relay import dev
+    from relay.devtools import dev
 
     settings = _settings()
     if settings is None:
@@ -77,7 +77,7 @@ def _cmd_dev(args: argparse.Namespace) -> int:
 
 
 def _cmd_submit(args: argparse.Namespace) -> int:
-    from relay import submit
+    from relay.devtools import submit
 
     settings = _settings()
     return 2 if settings is None else submit.run(args, settings)
@@ -100,7 +100,7 @@ def _cmd_webhooks_replay(args: argparse.Namespace) -> int:
         print(f"relay: invalid configuration:\n{exc}", file=sys.stderr)
         return 2
     setup_logging(settings.log_level, settings.log_format)
-    from relay.webhook_replay import replay_dead_letters
+    from relay.webhooks.replay import replay_dead_letters
 
     counts = asyncio.run(replay_dead_letters(settings, endpoint=args.endpoint, key=args.key))
     print(
@@ -139,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sim_cli.add_arguments(sim)
     sim.set_defaults(func=_cmd_sim)
-    from relay import dev, submit
+    from relay.devtools import dev, submit
 
     dev_parser = commands.add_parser(
         "dev", help="run the whole pipeline on embedded defaults (broker, Redis, simulator, relay)"

@@ -8,8 +8,6 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from relay.status import RecentResults
-
 # Generation tasks run from seconds to an hour; the default buckets stop at 10 s.
 TASK_DURATION_BUCKETS_S = (1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800, 3600)
 HTTP_LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -26,8 +24,6 @@ class RelayMetrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
-        # The status page's recent results; kept here, beside the counters they match.
-        self.recent = RecentResults()
         r = self.registry
         self.records_consumed = Counter(
             "relay_records_consumed_total", "Request records read from Kafka.", registry=r

@@ -5,6 +5,8 @@ Nothing else in the relay builds these dicts by hand.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import json
 from datetime import UTC, datetime
@@ -12,8 +14,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+WEBHOOK_SECRET_PREFIX = "whsec_"  # noqa: S105 (the prefix, not a secret)
 TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
-RESULT_TYPES = ("task.succeeded", "task.failed", "task.cancelled", "request.rejected")
 ResultType = Literal["task.succeeded", "task.failed", "task.cancelled", "request.rejected"]
 ResultStatus = Literal["succeeded", "failed", "cancelled", "rejected"]
 
@@ -286,3 +288,21 @@ class WebhookDeadLetter(BaseModel):
                 "published_ms": int(h.get("webhook-published-ms") or 0),
             }
         )
+
+
+# Webhook signing secrets (Standard Webhooks: "whsec_" + base64 of the HMAC key)
+
+
+def decode_secret(secret: str) -> bytes:
+    """The HMAC key of a ``whsec_<base64>`` secret (the prefix is optional here).
+
+    Raises ``ValueError`` with a message that never contains the secret itself.
+    """
+    encoded = secret.removeprefix(WEBHOOK_SECRET_PREFIX)
+    try:
+        key = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("the part after 'whsec_' is not valid base64") from None
+    if not key:
+        raise ValueError("the part after 'whsec_' decodes to an empty key")
+    return key

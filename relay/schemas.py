@@ -68,11 +68,6 @@ _SCHEMAS: dict[str, tuple[type[BaseModel], Callable[[Any], list[FieldError]]]] =
 }
 
 
-def known_models() -> tuple[str, ...]:
-    """Slugs whose input the relay validates locally."""
-    return tuple(_SCHEMAS)
-
-
 def validate_input(model: str, payload: object) -> list[FieldError] | None:
     """Check ``payload`` against the model's schema.
 

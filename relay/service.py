@@ -13,20 +13,21 @@ from redis.exceptions import RedisError
 
 from relay import __version__
 from relay.backoff import Backoff
-from relay.consumer import RequestConsumer
 from relay.exceptions import OperatorError, RetryableError
-from relay.follower import TaskFollower
-from relay.gate import CredentialGate
-from relay.handover import Handover
 from relay.http import build_http_app
 from relay.metrics import RelayMetrics
-from relay.mindvideo import MindVideoClient
-from relay.processor import RequestProcessor
-from relay.publisher import ResultPublisher, build_producer
+from relay.pipeline.consumer import RequestConsumer
+from relay.pipeline.follower import TaskFollower
+from relay.pipeline.gate import CredentialGate
+from relay.pipeline.handover import Handover
+from relay.pipeline.idempotency import IdempotencyStore
+from relay.pipeline.mindvideo import MindVideoClient
+from relay.pipeline.processor import RequestProcessor
+from relay.pipeline.publisher import ResultPublisher, build_producer
 from relay.settings import RelaySettings
-from relay.store import IdempotencyStore
+from relay.status import RecentResults
 from relay.topics import create_topics
-from relay.webhooks import WebhookDispatcher
+from relay.webhooks.dispatcher import WebhookDispatcher
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,8 @@ class Relay:
     def __init__(self, settings: RelaySettings, metrics: RelayMetrics | None = None) -> None:
         self.settings = settings
         self.metrics = metrics or RelayMetrics()
+        # The status page's last results, beside the counters they match.
+        self.recent = RecentResults()
         self.gate = CredentialGate()
         self.handover = Handover()
         self.http_port: int | None = None
@@ -129,6 +132,7 @@ class Relay:
                 dead_letter_topic=s.dead_letter_topic,
             ),
             metrics=self.metrics,
+            recent=self.recent,
             gate=self.gate,
             outage_backoff=backoff,
             handover=self.handover,
@@ -230,7 +234,7 @@ class Relay:
         app = build_http_app(
             self.metrics,
             self.readiness,
-            recent=self.metrics.recent,
+            recent=self.recent,
             token=token.get_secret_value() if token else None,
         )
         self._runner = web.AppRunner(app, access_log=None)

@@ -8,13 +8,18 @@ from collections.abc import Sequence
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from relay.processes import ServiceError, backoff_s, timeout_error
+from relay.backoff import Backoff
 
 TOPIC_READY_TIMEOUT_S = 30.0
+_DESCRIBE_BACKOFF = Backoff(0.05, 1.0)
 
 _ADMIN_REQUEST_TIMEOUT_MS = 5_000
 _KAFKA_NO_ERROR = 0
 _KAFKA_TOPIC_ALREADY_EXISTS = 36
+
+
+class TopicError(RuntimeError):
+    """The broker refused a topic, or it did not get leaders in time; the message says why."""
 
 
 async def create_topics(
@@ -22,7 +27,7 @@ async def create_topics(
 ) -> None:
     """Create topics (an existing topic is fine) and wait until metadata shows them led.
 
-    Raises :class:`ServiceError` if the broker refuses a topic, or, with ``exact``, if one
+    Raises :class:`TopicError` if the broker refuses a topic, or, with ``exact``, if one
     already exists with a different partition count (a test relying on ``partitions`` would
     silently lie). The relay passes ``exact=False``: an operator's existing topics are theirs.
     """
@@ -36,7 +41,7 @@ async def create_topics(
         for entry in response.topic_errors:
             name, code = entry[0], entry[1]
             if code not in (_KAFKA_NO_ERROR, _KAFKA_TOPIC_ALREADY_EXISTS):
-                raise ServiceError(f"{bootstrap} refused to create topic {name!r}: {entry!r}")
+                raise TopicError(f"{bootstrap} refused to create topic {name!r}: {entry!r}")
         await _wait_for_topics(admin, bootstrap, names, partitions if exact else None)
     finally:
         await admin.close()
@@ -56,7 +61,7 @@ async def _wait_for_topics(
             if partitions is None:
                 led = bool(found) and all(p["leader"] >= 0 for p in found)
             elif topic["error_code"] == _KAFKA_NO_ERROR and len(found) not in (0, partitions):
-                raise ServiceError(
+                raise TopicError(
                     f"topic {topic['topic']!r} on {bootstrap} has {len(found)} partitions, "
                     f"not {partitions}"
                 )
@@ -67,6 +72,9 @@ async def _wait_for_topics(
         if not pending:
             return
         if loop.time() >= deadline:
-            raise timeout_error(None, f"topics {pending} on {bootstrap}", TOPIC_READY_TIMEOUT_S)
-        await asyncio.sleep(backoff_s(attempt))
+            raise TopicError(
+                f"gave up after {TOPIC_READY_TIMEOUT_S:.0f}s waiting for topics {pending} "
+                f"on {bootstrap} to have leaders"
+            )
+        await asyncio.sleep(_DESCRIBE_BACKOFF.delay_s(attempt + 1))
         attempt += 1

@@ -1,1 +1,2 @@
-"""Tests for mindvideo-relay; integration tests get real services from ``tests.services``."""
+"""Tests for mindvideo-relay, mirroring the package; integration tests (marked ``integration``)
+get real services from ``tests.support.services``."""

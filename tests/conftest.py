@@ -14,20 +14,51 @@ topic names and Redis keys, so no FLUSHALL is needed even on a shared server.
 from __future__ import annotations
 
 import os
+import sys
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
 
-from tests.services import (
+from tests.support.pipeline import SIM_API_KEY, Pipeline, open_pipeline
+from tests.support.services import (
+    ManagedProcess,
     ServiceEndpoint,
     TopicFactory,
+    free_port,
     start_noida,
     start_redis,
     start_tansu,
 )
+
+# A test that asks for one of these talks to a real broker, Redis or relay process.
+SERVICE_FIXTURES = frozenset(
+    {
+        "kafka_service",
+        "tansu_service",
+        "redis_service",
+        "kafka_bootstrap",
+        "tansu_bootstrap",
+        "redis_url",
+        "redis_client",
+        "simulator",
+        "pipeline",
+        "tansu_pipeline",
+    }
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that uses a real service ``integration``, so that
+    ``python -m pytest -m "not integration"`` runs the unit tests alone, with no service.
+    Modules that start processes by themselves set ``pytestmark`` instead."""
+    for item in items:
+        if SERVICE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
+
 
 KAFKA_BOOTSTRAP_ENV = "RELAY_TEST_KAFKA_BOOTSTRAP"
 TANSU_BOOTSTRAP_ENV = "RELAY_TEST_TANSU_BOOTSTRAP"
@@ -134,3 +165,70 @@ async def redis_client(redis_url: str, unique: str) -> AsyncIterator[aioredis.Re
             await client.delete(*keys)
     finally:
         await client.aclose()
+
+
+@pytest.fixture
+def sim_args() -> list[str]:
+    """Simulator flags; a test overrides this fixture for other timelines or faults."""
+    return ["--queued-s", "0.2", "--processing-s", "0.3-1.0", "--failure-rate", "0"]
+
+
+@pytest.fixture
+def simulator(tmp_path: Path, sim_args: list[str]) -> Iterator[tuple[ManagedProcess, str]]:
+    port = free_port()
+    proc = ManagedProcess(
+        "sim",
+        [
+            sys.executable,
+            "-m",
+            "relay",
+            "sim",
+            "--port",
+            str(port),
+            "--api-key",
+            SIM_API_KEY,
+            "--seed",
+            "7",
+            *sim_args,
+        ],
+        tmp_path,
+    )
+    proc.start()
+    try:
+        yield proc, f"http://127.0.0.1:{port}"
+    finally:
+        proc.stop()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def pipeline(
+    kafka_bootstrap: str,
+    redis_url: str,
+    topics: TopicFactory,
+    unique: str,
+    simulator: tuple[ManagedProcess, str],
+    tmp_path: Path,
+) -> AsyncIterator[Pipeline]:
+    """Topics, a running simulator and a factory for relay processes on the main broker
+    (noida-db: idempotent producer on)."""
+    async with open_pipeline(
+        kafka_bootstrap, redis_url, topics, unique, simulator, tmp_path, enable_idempotence=True
+    ) as pipe:
+        yield pipe
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def tansu_pipeline(
+    tansu_bootstrap: str,
+    redis_url: str,
+    topics: TopicFactory,
+    unique: str,
+    simulator: tuple[ManagedProcess, str],
+    tmp_path: Path,
+) -> AsyncIterator[Pipeline]:
+    """The same on Tansu, which expires the sessions of killed consumers (so a relay killed with
+    SIGKILL and restarted gets its partitions back) but refuses the idempotent producer."""
+    async with open_pipeline(
+        tansu_bootstrap, redis_url, topics, unique, simulator, tmp_path, enable_idempotence=False
+    ) as pipe:
+        yield pipe

@@ -11,9 +11,10 @@ from aiohttp.test_utils import TestServer
 from relay.http import build_http_app
 from relay.metrics import RelayMetrics
 from relay.models import ResultRecord, event_id_for, rejection
+from relay.status import RecentResults
 
 MODEL = "apimart-doubao-seedance-4-0"
-Serve = Callable[[RelayMetrics, str | None], Awaitable[str]]
+Serve = Callable[[RelayMetrics, RecentResults, str | None], Awaitable[str]]
 
 
 async def _ready() -> dict[str, str | None]:
@@ -24,8 +25,8 @@ async def _ready() -> dict[str, str | None]:
 async def serve() -> AsyncIterator[Serve]:
     servers: list[TestServer] = []
 
-    async def start(metrics: RelayMetrics, token: str | None) -> str:
-        server = TestServer(build_http_app(metrics, _ready, recent=metrics.recent, token=token))
+    async def start(metrics: RelayMetrics, recent: RecentResults, token: str | None) -> str:
+        server = TestServer(build_http_app(metrics, _ready, recent=recent, token=token))
         await server.start_server()
         servers.append(server)
         return str(server.make_url("/"))
@@ -59,9 +60,10 @@ async def test_status_json_matches_the_metrics_and_hides_inputs(serve: Serve) ->
     metrics.tasks_terminal.labels(MODEL, "succeeded").inc(2)
     metrics.tasks_terminal.labels(MODEL, "rejected").inc(1)
     metrics.cost_actual.labels(MODEL).inc(0.0504)
-    metrics.recent.add(_succeeded("order-1"))
-    metrics.recent.add(rejection("order-2", "invalid_input", "input.prompt is required"))
-    base = await serve(metrics, None)
+    recent = RecentResults()
+    recent.add(_succeeded("order-1"))
+    recent.add(rejection("order-2", "invalid_input", "input.prompt is required"))
+    base = await serve(metrics, recent, None)
     async with aiohttp.ClientSession() as session:
         async with session.get(base + "status.json") as resp:
             assert resp.status == 200
@@ -82,7 +84,7 @@ async def test_status_json_matches_the_metrics_and_hides_inputs(serve: Serve) ->
 
 
 async def test_token_guards_everything_but_probes_and_metrics(serve: Serve) -> None:
-    base = await serve(RelayMetrics(), "s3cret-token")
+    base = await serve(RelayMetrics(), RecentResults(), "s3cret-token")
     async with aiohttp.ClientSession() as session:
         for path in ("healthz", "readyz", "metrics"):
             async with session.get(base + path) as resp:

@@ -143,6 +143,7 @@ def test_simulator_flags_exist(services: dict[str, dict[str, Any]]) -> None:
     parser.parse_args(_command(services["sim"])[1:])  # exits on an unknown flag
 
 
+@pytest.mark.integration
 def test_prometheus_scrapes_the_relay(services: dict[str, dict[str, Any]]) -> None:
     config = yaml.safe_load((DEPLOY / "prometheus.yml").read_text())
     (job,) = [j for j in config["scrape_configs"] if j["job_name"] == "mindvideo-relay"]

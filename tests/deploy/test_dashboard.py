@@ -140,6 +140,7 @@ def test_queries_fit_the_metric_types(dashboard: dict[str, Any]) -> None:
         assert "$" not in expr, "plain PromQL: no Grafana variables in queries"
 
 
+@pytest.mark.integration
 def test_promql_parses(dashboard: dict[str, Any], tmp_path: Path) -> None:
     promtool = shutil.which("promtool")
     if promtool is None:

@@ -160,6 +160,7 @@ def healthz_server() -> Iterator[int]:
         server.server_close()
 
 
+@pytest.mark.integration
 def test_build_steps_in_a_clean_venv(
     stages: list[Stage], tmp_path: Path, healthz_server: int
 ) -> None:

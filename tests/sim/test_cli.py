@@ -74,6 +74,7 @@ SERVE = (
 )
 
 
+@pytest.mark.integration
 async def test_real_server_serves_and_exits_0_on_sigterm() -> None:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,

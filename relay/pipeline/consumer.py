@@ -1,0 +1,290 @@
+"""Consumes the requests topic in a consumer group and runs many requests per partition at once.
+
+Offsets are committed only below the lowest unfinished record (``offsets.PartitionWork``). A
+partition whose work is full is paused (backpressure) and resumed as its tasks finish; everything is
+paused while the credentials gate is closed, and ``getmany`` keeps being called so the member stays
+in the group. On revocation the finished offsets are committed and the rest of the work is stopped:
+its state is in Redis and the next owner resumes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
+
+from relay.backoff import Backoff
+from relay.metrics import RelayMetrics
+from relay.pipeline.gate import CredentialGate
+from relay.pipeline.handover import Handover
+from relay.pipeline.offsets import PartitionWork
+
+log = logging.getLogger(__name__)
+
+FETCH_TIMEOUT_MS = 200
+LAG_INTERVAL_S = 5.0
+# How long a revocation waits for submits in flight to be recorded before the group rebalances.
+FREEZE_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class SourceRecord:
+    """Where a request record came from, for dead-letter context headers."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp_ms: int
+
+
+Process = Callable[[SourceRecord], Awaitable[None]]
+
+
+class RequestConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Feeds records to ``process`` with bounded concurrency and ordered commits."""
+
+    def __init__(
+        self,
+        consumer: AIOKafkaConsumer,
+        process: Process,
+        metrics: RelayMetrics,
+        gate: CredentialGate,
+        *,
+        topic: str,
+        max_in_flight_per_partition: int,
+        max_in_flight: int,
+        commit_interval_s: float,
+        retry_backoff: Backoff,
+        handover: Handover,
+    ) -> None:
+        self._consumer = consumer
+        self._process = process
+        self._metrics = metrics
+        self._gate = gate
+        self._topic = topic
+        self._per_partition = max_in_flight_per_partition
+        self._max_in_flight = max_in_flight
+        self._commit_interval_s = commit_interval_s
+        self._retry_backoff = retry_backoff
+        self._handover = handover
+        self._work: dict[TopicPartition, PartitionWork] = {}
+        self._parked: dict[TopicPartition, PartitionWork] = {}
+        self._lag_labels: set[str] = set()
+        self._paused: set[TopicPartition] = set()
+        self._stopping = asyncio.Event()
+
+    @property
+    def in_flight(self) -> int:
+        return sum(len(w) for w in self._work.values())
+
+    def subscribe(self) -> None:
+        self._consumer.subscribe([self._topic], listener=self)
+
+    async def run(self) -> None:
+        """Fetch, dispatch and commit until ``stop_fetching`` is called."""
+        commit_task = asyncio.create_task(self._commit_loop(), name="offset-commits")
+        try:
+            while not self._stopping.is_set():
+                self._apply_backpressure()
+                capacity = self._max_in_flight - self.in_flight
+                batch = await self._consumer.getmany(
+                    timeout_ms=FETCH_TIMEOUT_MS, max_records=max(1, capacity)
+                )
+                for tp, records in batch.items():
+                    work = self._work.get(tp)
+                    if work is None:
+                        continue
+                    for record in records:
+                        # After a partition comes back, records still being worked on are
+                        # fetched again from the committed offset: keep the running task.
+                        if record.offset in work.tasks:
+                            continue
+                        if (
+                            len(work) >= self._per_partition
+                            or self.in_flight >= self._max_in_flight
+                        ):
+                            # Full: fetch this record again once there is room (bounds are exact).
+                            self._consumer.seek(tp, record.offset)
+                            break
+                        self._dispatch(tp, work, record)
+        finally:
+            commit_task.cancel()
+            await asyncio.gather(commit_task, return_exceptions=True)
+
+    def stop_fetching(self) -> None:
+        self._stopping.set()
+
+    async def drain(self, grace_s: float) -> None:
+        """Let in-flight work finish for up to ``grace_s``, then stop the rest and commit."""
+        works = [*self._work.values(), *self._parked.values()]
+        tasks = [t for w in works for t in w.tasks.values()]
+        if tasks:
+            log.info("draining in-flight work", extra={"in_flight": len(tasks), "grace_s": grace_s})
+            await asyncio.wait(tasks, timeout=grace_s)
+        await self._stop(works)
+        await self.commit()
+
+    async def commit(self, partitions: list[TopicPartition] | None = None) -> None:
+        offsets: dict[TopicPartition, int] = {}
+        for tp in partitions if partitions is not None else list(self._work):
+            work = self._work.get(tp)
+            position = work.committable() if work is not None else None
+            if work is not None and position is not None:
+                offsets[tp] = position
+        if not offsets:
+            return
+        await self._consumer.commit(offsets)
+        for tp, position in offsets.items():
+            self._work[tp].committed = position
+        self._metrics.offsets_committed.inc()
+
+    # ConsumerRebalanceListener
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        """Commit what is finished; park the rest until we know who owns the partition next.
+
+        aiokafka rebalances eagerly: every partition is revoked, even those that come straight
+        back. Parked work keeps following its tasks but starts no submit (submits in flight are
+        recorded before we rejoin); ``on_partitions_assigned`` lets it go on if the partition
+        returns and stops it (the next owner resumes it from Redis) if not.
+        """
+        mine = [tp for tp in revoked if tp in self._work]
+        if not mine:
+            return
+        try:
+            await self.commit(mine)
+        except KafkaError as exc:
+            log.warning(
+                "commit on revocation failed; the next owner re-reads finished records",
+                extra={"reason": repr(exc)},
+            )
+        for tp in mine:
+            self._parked[tp] = self._work.pop(tp)
+            self._paused.discard(tp)
+        parked = [t for tp in mine for t in self._parked[tp].tasks.values()]
+        await self._handover.freeze(parked, FREEZE_TIMEOUT_S)
+        log.info("partitions revoked", extra={"partitions": sorted(tp.partition for tp in mine)})
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        kept = [tp for tp in assigned if tp in self._parked]
+        lost = [tp for tp in self._parked if tp not in assigned]
+        for tp in assigned:
+            work = self._parked.pop(tp) if tp in self._parked else PartitionWork()
+            self._handover.thaw(work.tasks.values())
+            self._work[tp] = work
+        self._paused.intersection_update(assigned)
+        stopped = 0
+        for tp in lost:
+            for task in self._parked.pop(tp).tasks.values():
+                self._handover.stop(task)
+                stopped += 1
+        log.info(
+            "partitions assigned",
+            extra={
+                "partitions": sorted(tp.partition for tp in assigned),
+                "kept_running": sorted(tp.partition for tp in kept),
+                "handed_over_tasks": stopped,
+            },
+        )
+
+    def _dispatch(self, tp: TopicPartition, work: PartitionWork, record: object) -> None:
+        source = SourceRecord(
+            topic=tp.topic,
+            partition=tp.partition,
+            offset=record.offset,  # type: ignore[attr-defined]
+            key=record.key,  # type: ignore[attr-defined]
+            value=record.value,  # type: ignore[attr-defined]
+            timestamp_ms=record.timestamp or 0,  # type: ignore[attr-defined]
+        )
+        self._metrics.records_consumed.inc()
+        task = asyncio.create_task(
+            self._handle(work, source), name=f"record-{tp.partition}-{source.offset}"
+        )
+        work.add(source.offset, task)
+        self._metrics.in_flight.inc()
+
+    async def _handle(self, work: PartitionWork, source: SourceRecord) -> None:
+        attempt = 0
+        try:
+            while True:
+                try:
+                    await self._process(source)
+                    break
+                except (asyncio.CancelledError, KeyboardInterrupt):
+                    raise
+                except Exception:
+                    attempt += 1
+                    delay = self._retry_backoff.delay_s(attempt)
+                    log.exception(
+                        "processing failed; retrying the record",
+                        extra={
+                            "partition": source.partition,
+                            "offset": source.offset,
+                            "attempt": attempt,
+                            "delay_s": round(delay, 3),
+                        },
+                    )
+                    await asyncio.sleep(delay)
+            work.done(source.offset)
+        finally:
+            self._metrics.in_flight.dec()
+
+    async def _stop(self, works: list[PartitionWork]) -> None:
+        """Stop the tasks (never inside a submit section) and wait until they have ended."""
+        tasks = [t for w in works for t in w.tasks.values()]
+        for task in tasks:
+            self._handover.stop(task)
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _apply_backpressure(self) -> None:
+        full_total = self.in_flight >= self._max_in_flight
+        for tp, work in self._work.items():
+            should_pause = not self._gate.is_open or full_total or len(work) >= self._per_partition
+            if should_pause and tp not in self._paused:
+                self._consumer.pause(tp)
+                self._paused.add(tp)
+            elif not should_pause and tp in self._paused:
+                self._consumer.resume(tp)
+                self._paused.discard(tp)
+        self._metrics.partitions_paused.set(len(self._paused))
+
+    async def _commit_loop(self) -> None:
+        last_lag = 0.0
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self._commit_interval_s)
+            try:
+                await self.commit()
+            except KafkaError as exc:
+                log.warning("offset commit failed; will retry", extra={"reason": repr(exc)})
+            if loop.time() - last_lag >= LAG_INTERVAL_S:
+                last_lag = loop.time()
+                await self._measure_lag()
+
+    async def _measure_lag(self) -> None:
+        """Records not yet finished per partition: log end offset minus the first unfinished."""
+        owned = list(self._work)
+        try:
+            ends = await self._consumer.end_offsets(owned) if owned else {}
+        except KafkaError as exc:
+            log.info("could not read end offsets for the lag metric", extra={"reason": repr(exc)})
+            return
+        shown = set()
+        for tp, end in ends.items():
+            work = self._work.get(tp)
+            position = work.position() if work is not None else None
+            if position is None:
+                committed = await self._consumer.committed(tp)
+                position = committed if committed is not None else end
+            label = str(tp.partition)
+            self._metrics.consumer_lag.labels(label).set(max(0, end - position))
+            shown.add(label)
+        for label in self._lag_labels - shown:
+            self._metrics.consumer_lag.remove(label)
+        self._lag_labels = shown

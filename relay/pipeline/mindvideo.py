@@ -1,0 +1,213 @@
+"""The MindVideo HTTP client: submit, snapshot and event stream, with errors sorted by next step.
+
+Transient failures (timeouts, connection errors, 5xx, 408, 429 and a 409 that is not an idempotency
+conflict) are retried with capped, jittered exponential backoff and ``Retry-After``; the
+``Idempotency-Key`` header makes a retried submit safe. 401/402/403 raise ``OperatorError``; any
+other 4xx raises ``RequestRejected`` carrying MindVideo's own code and message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import aiohttp
+from pydantic import ValidationError
+
+from relay.backoff import Backoff, parse_retry_after
+from relay.exceptions import OperatorError, RequestRejected, RetryableError, StreamUnavailable
+from relay.metrics import RelayMetrics
+from relay.models import SubmitBody, TaskSnapshot
+from relay.pipeline.sse import ServerSentEvent, SSEParser
+
+log = logging.getLogger(__name__)
+
+OPERATOR_STATUSES = frozenset({401, 402, 403})
+RETRYABLE_4XX = frozenset({408, 409, 425, 429})
+T = TypeVar("T")
+Sleep = Callable[[float], Awaitable[None]]
+
+
+def _code_class(status: int) -> str:
+    return f"{status // 100}xx"
+
+
+def _error_fields(body: bytes, status: int) -> tuple[str, str]:
+    """MindVideo's error code and message from a JSON error body, liberal in shape."""
+    code, message = f"mindvideo_http_{status}", body[:500].decode("utf-8", "replace")
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return code, message
+    if isinstance(data, dict):
+        err = data.get("error", data)
+        if isinstance(err, dict):
+            code = str(err.get("code") or err.get("type") or code)
+            message = str(err.get("message") or err.get("detail") or message)
+        elif isinstance(err, str):
+            message = err
+            if isinstance(data.get("message"), str):
+                message = f"{err}: {data['message']}"
+    return code, message
+
+
+class MindVideoClient:
+    """Talks to ``{base}/api/v1``; one shared connection pool, one API key."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        *,
+        base_url: str,
+        api_key: str,
+        metrics: RelayMetrics,
+        backoff: Backoff,
+        max_attempts: int,
+        request_timeout_s: float,
+        sleep: Sleep = asyncio.sleep,
+        stream_session: aiohttp.ClientSession | None = None,
+    ) -> None:
+        """``stream_session``, when given, carries the event streams, so streams held for as long
+        as their tasks run never take connections that submits and polls need."""
+        self._session = session
+        self._stream_session = stream_session or session
+        self._base = base_url.rstrip("/") + "/api/v1"
+        self._headers = {"Authorization": f"Bearer {api_key}", "Accept": "application/json"}
+        self._metrics = metrics
+        self._backoff = backoff
+        self._max_attempts = max_attempts
+        self._timeout = aiohttp.ClientTimeout(total=request_timeout_s)
+        self._sleep = sleep
+
+    async def submit(
+        self, idempotency_key: str, model: str, payload: dict[str, Any]
+    ) -> TaskSnapshot:
+        """Create a task (or get back the one this key already created)."""
+        body = SubmitBody(model=model, input=payload).model_dump_json().encode()
+        headers = {
+            **self._headers,
+            "Content-Type": "application/json",
+            "Idempotency-Key": idempotency_key,
+        }
+
+        async def once() -> TaskSnapshot:
+            data = await self._call("submit", "POST", f"{self._base}/tasks", headers, body)
+            return _snapshot(data)
+
+        return await self._retrying("submit", once)
+
+    async def get_task(self, task_id: str) -> TaskSnapshot:
+        async def once() -> TaskSnapshot:
+            url = f"{self._base}/tasks/{task_id}"
+            return _snapshot(await self._call("get", "GET", url, self._headers, None))
+
+        return await self._retrying("get", once)
+
+    async def probe(self) -> None:
+        """Check that the key is usable: a lookup of a task that cannot exist must be a 404."""
+        try:
+            await self._call("probe", "GET", f"{self._base}/tasks/task_relay_probe", self._headers)
+        except RequestRejected:
+            return
+
+    async def events(
+        self, task_id: str, last_event_id: str | None, idle_timeout_s: float
+    ) -> AsyncIterator[ServerSentEvent]:
+        """Yield the task's Server-Sent Events until the server closes the stream.
+
+        Raises ``StreamUnavailable`` when there is no usable stream (wrong status or content type,
+        connection failure, idle for longer than ``idle_timeout_s``), and ``OperatorError`` on
+        401/402/403.
+        """
+        headers = {**self._headers, "Accept": "text/event-stream", "Cache-Control": "no-cache"}
+        if last_event_id is not None:
+            headers["Last-Event-ID"] = last_event_id
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=idle_timeout_s)
+        url = f"{self._base}/tasks/{task_id}/events"
+        try:
+            async with self._stream_session.get(url, headers=headers, timeout=timeout) as resp:
+                self._metrics.mindvideo_responses.labels("events", _code_class(resp.status)).inc()
+                if resp.status in OPERATOR_STATUSES:
+                    raise OperatorError(
+                        resp.status, (await resp.read())[:200].decode("utf-8", "replace")
+                    )
+                ctype = resp.headers.get("Content-Type", "")
+                if resp.status != 200 or "text/event-stream" not in ctype.lower():
+                    raise StreamUnavailable(f"events answered {resp.status} {ctype or '-'}")
+                parser = SSEParser()
+                async for chunk in resp.content.iter_any():
+                    for event in parser.feed(chunk):
+                        yield event
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            self._metrics.mindvideo_responses.labels("events", "error").inc()
+            raise StreamUnavailable(f"event stream broke: {exc!r}") from exc
+
+    async def _retrying(self, operation: str, once: Callable[[], Awaitable[T]]) -> T:
+        attempt = 1
+        while True:
+            try:
+                return await once()
+            except RetryableError as exc:
+                if attempt >= self._max_attempts:
+                    raise
+                delay = self._backoff.delay_s(attempt, exc.retry_after_s)
+                self._metrics.mindvideo_retries.labels(operation).inc()
+                log.info(
+                    "mindvideo %s failed, retrying",
+                    operation,
+                    extra={"attempt": attempt, "delay_s": round(delay, 3), "reason": str(exc)},
+                )
+                await self._sleep(delay)
+                attempt += 1
+
+    async def _call(
+        self,
+        operation: str,
+        method: str,
+        url: str,
+        headers: dict[str, str],
+        body: bytes | None = None,
+    ) -> Any:
+        try:
+            async with self._session.request(
+                method, url, headers=headers, data=body, timeout=self._timeout
+            ) as resp:
+                raw = await resp.read()
+                status = resp.status
+                retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            self._metrics.mindvideo_responses.labels(operation, "error").inc()
+            raise RetryableError(f"{method} {url}: {exc!r}") from exc
+        self._metrics.mindvideo_responses.labels(operation, _code_class(status)).inc()
+        if 200 <= status < 300:
+            try:
+                return json.loads(raw)
+            except ValueError as exc:
+                raise RetryableError(f"{operation}: MindVideo answered non-JSON {status}") from exc
+        code, message = _error_fields(raw, status)
+        if status in OPERATOR_STATUSES:
+            raise OperatorError(status, message)
+        if status == 409 and code == "idempotency_conflict":
+            raise RequestRejected("idempotency_conflict", message)
+        if status >= 500 or status in RETRYABLE_4XX:
+            raise RetryableError(f"{operation}: {status} {code}", retry_after_s=retry_after)
+        raise RequestRejected(code, message)
+
+
+def _snapshot(data: Any) -> TaskSnapshot:
+    """Accept the snapshot bare or wrapped in ``{"data": ...}`` / ``{"task": ...}``."""
+    if isinstance(data, dict):
+        for wrapper in ("data", "task"):
+            inner = data.get(wrapper)
+            if "task_id" not in data and isinstance(inner, dict):
+                data = inner
+                break
+        if "task_id" not in data and "id" in data:
+            data = {**data, "task_id": data["id"]}
+    try:
+        return TaskSnapshot.model_validate(data)
+    except ValidationError as exc:
+        raise RetryableError(f"unreadable task snapshot: {exc.error_count()} errors") from exc

@@ -1,0 +1,77 @@
+"""Writes result records and dead letters to Kafka."""
+
+from __future__ import annotations
+
+from aiokafka import AIOKafkaProducer
+
+from relay.metrics import RelayMetrics
+from relay.models import ResultRecord
+from relay.pipeline.consumer import SourceRecord
+
+PRODUCER_LINGER_MS = 2
+WEBHOOK_URL_HEADER = "webhook-url"
+
+
+class ResultPublisher:
+    """Publishes one result record per request, keyed by the idempotency key (DESIGN §3)."""
+
+    def __init__(
+        self,
+        producer: AIOKafkaProducer,
+        metrics: RelayMetrics,
+        *,
+        result_topic: str,
+        dead_letter_topic: str,
+    ) -> None:
+        self._producer = producer
+        self._metrics = metrics
+        self._result_topic = result_topic
+        self._dead_letter_topic = dead_letter_topic
+
+    async def publish(
+        self, result: ResultRecord, *, webhook_url: str | None = None, body: bytes | None = None
+    ) -> None:
+        """Publish the result; the request's ``webhook_url`` rides along in a header for the
+        webhook dispatcher (the record's JSON keeps to DESIGN §3). ``body`` is the result
+        already encoded, when the caller has it."""
+        headers = [
+            ("content-type", b"application/json"),
+            ("event-id", result.event_id.encode()),
+            ("type", result.type.encode()),
+        ]
+        if webhook_url:
+            headers.append((WEBHOOK_URL_HEADER, webhook_url.encode()))
+        await self._producer.send_and_wait(
+            self._result_topic,
+            value=body if body is not None else result.to_json_bytes(),
+            key=result.idempotency_key.encode(),
+            headers=headers,
+        )
+        self._metrics.results_published.labels(result.type).inc()
+
+    async def dead_letter(self, source: SourceRecord, reason: str, message: str) -> None:
+        """Copy the original record unchanged, with Kafka Connect-style context headers."""
+        headers = [
+            ("error.reason", reason.encode()),
+            ("error.message", message.encode("utf-8", "replace")[:1000]),
+            ("original.topic", source.topic.encode()),
+            ("original.partition", str(source.partition).encode()),
+            ("original.offset", str(source.offset).encode()),
+            ("original.timestamp", str(source.timestamp_ms).encode()),
+        ]
+        await self._producer.send_and_wait(
+            self._dead_letter_topic, value=source.value, key=source.key, headers=headers
+        )
+        self._metrics.dead_lettered.labels(reason).inc()
+
+
+def build_producer(
+    bootstrap_servers: str, *, client_id: str, enable_idempotence: bool
+) -> AIOKafkaProducer:
+    return AIOKafkaProducer(
+        bootstrap_servers=bootstrap_servers,
+        client_id=client_id,
+        acks="all",
+        enable_idempotence=enable_idempotence,
+        linger_ms=PRODUCER_LINGER_MS,
+    )

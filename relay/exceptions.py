@@ -52,3 +52,15 @@ class WebhookRefused(RelayError):
 
 class WebhookVerificationError(RelayError):
     """A received webhook's signature or timestamp does not check out: answer 400 and drop it."""
+
+
+class RecordUndecodable(RelayError):
+    """A request record's value cannot be carried through: dead-letter it, never retry it.
+
+    ``reason`` is the documented ``error.reason`` header (README, "What happens to each record").
+    """
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(f"{reason}: {message}")
+        self.reason = reason
+        self.message = message

@@ -1,12 +1,21 @@
 """Prometheus metrics (DESIGN §7): prefix ``relay_``, base units, bounded labels only.
 
-Labels are model, status, outcome, code class and operation; never a key, task id or URL.
+Labels are model, status, outcome, code class and operation; never a key, task id or URL. The two
+labels whose values come from outside the relay are folded into known sets by the metrics
+themselves, so no call site can forget: ``model`` (a producer's string) and a rejection's
+``code`` (MindVideo's, which can be anything). Everything else is ``other``.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable, Iterable
+from typing import Generic, TypeVar
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from relay.schemas import known_models
 
 # Generation tasks run from seconds to an hour; the default buckets stop at 10 s.
 TASK_DURATION_BUCKETS_S = (1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800, 3600)
@@ -18,30 +27,92 @@ WEBHOOK_LATENCY_BUCKETS_S = (
 )
 METRICS_CONTENT_TYPE = CONTENT_TYPE_LATEST
 
+OTHER_LABEL = "other"
+UNKNOWN_MODEL_LABEL = "unknown"  # a result that names no model
+# ``error.code`` values with a label of their own: the relay's (README, "What happens to each
+# record"; a test keeps the two in step) and the codes MindVideo is known to send. MindVideo's
+# unnamed 4xx answers are ``mindvideo_http_<status>``.
+RELAY_ERROR_CODES = frozenset(
+    {
+        *("empty_value", "record_too_large", "not_utf8", "not_json", "json_too_deep"),
+        *("invalid_number", "duplicate_key", "lone_surrogate", "not_object"),
+        *("invalid_record_key", "no_idempotency_key", "invalid_request"),
+        "idempotency_key_mismatch",
+        *("metadata_too_large", "invalid_input", "idempotency_conflict", "key_in_use"),
+        *("expired", "budget_exceeded", "internal_error", "relay_follow_timeout"),
+    }
+)
+MINDVIDEO_ERROR_CODES = frozenset(
+    {
+        *("invalid_request", "invalid_input", "model_not_found", "idempotency_conflict"),
+        *("insufficient_credit", "unauthorized", "forbidden", "rate_limited", "not_found"),
+        *("task_not_found", "task_not_cancellable", "generation_failed", "task_failed"),
+    }
+)
+_MINDVIDEO_HTTP_CODE = re.compile(r"mindvideo_http_[1-5][0-9][0-9]")
+M = TypeVar("M", Counter, Gauge, Histogram)
+
+
+def error_code_label(code: str) -> str:
+    """``code`` as a label value: a code the relay or MindVideo is known to use, else ``other``."""
+    if code in RELAY_ERROR_CODES or code in MINDVIDEO_ERROR_CODES:
+        return code
+    return code if _MINDVIDEO_HTTP_CODE.fullmatch(code) else OTHER_LABEL
+
+
+class BoundedLabels(Generic[M]):
+    """A labelled metric whose label values from outside the relay pass through a bound (one per
+    label, ``None`` for labels the relay sets itself) before they reach the registry."""
+
+    def __init__(self, metric: M, *bounds: Callable[[str], str] | None) -> None:
+        self.metric: M = metric
+        self._bounds = bounds
+
+    def labels(self, *values: str) -> M:
+        bounded = (v if b is None else b(v) for b, v in zip(self._bounds, values, strict=True))
+        child: M = self.metric.labels(*bounded)
+        return child
+
 
 class RelayMetrics:
     """Every metric the relay exports, on its own registry (no process-global state)."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self, registry: CollectorRegistry | None = None, *, model_labels: Iterable[str] = ()
+    ) -> None:
+        """``model_labels``: models the operator wants counted apart (``RELAY_METRICS_MODELS``),
+        besides those the relay validates; any other model is counted as ``other``."""
         self.registry = registry or CollectorRegistry()
+        self._models = known_models() | set(model_labels) | {UNKNOWN_MODEL_LABEL}
         r = self.registry
+        by_model = self.model_label
         self.records_consumed = Counter(
             "relay_records_consumed_total", "Request records read from Kafka.", registry=r
         )
-        self.tasks_submitted = Counter(
-            "relay_tasks_submitted_total", "Tasks created on MindVideo.", ["model"], registry=r
+        self.tasks_submitted = BoundedLabels(
+            Counter(
+                "relay_tasks_submitted_total", "Tasks created on MindVideo.", ["model"], registry=r
+            ),
+            by_model,
         )
-        self.tasks_terminal = Counter(
-            "relay_tasks_terminal_total",
-            "Requests that reached a terminal result, by result status.",
-            ["model", "status"],
-            registry=r,
+        self.tasks_terminal = BoundedLabels(
+            Counter(
+                "relay_tasks_terminal_total",
+                "Requests that reached a terminal result, by result status.",
+                ["model", "status"],
+                registry=r,
+            ),
+            by_model,
+            None,
         )
-        self.requests_rejected = Counter(
-            "relay_requests_rejected_total",
-            "Requests refused by the relay or by MindVideo, by error code.",
-            ["code"],
-            registry=r,
+        self.requests_rejected = BoundedLabels(
+            Counter(
+                "relay_requests_rejected_total",
+                "Requests refused by the relay or by MindVideo, by error code.",
+                ["code"],
+                registry=r,
+            ),
+            error_code_label,
         )
         self.dead_lettered = Counter(
             "relay_records_dead_lettered_total",
@@ -49,17 +120,23 @@ class RelayMetrics:
             ["reason"],
             registry=r,
         )
-        self.cost_estimated = Counter(
-            "relay_cost_estimated_usd_total",
-            "Estimated cost of submitted tasks in USD.",
-            ["model"],
-            registry=r,
+        self.cost_estimated = BoundedLabels(
+            Counter(
+                "relay_cost_estimated_usd_total",
+                "Estimated cost of submitted tasks in USD.",
+                ["model"],
+                registry=r,
+            ),
+            by_model,
         )
-        self.cost_actual = Counter(
-            "relay_cost_actual_usd_total",
-            "Actual cost of terminal tasks in USD.",
-            ["model"],
-            registry=r,
+        self.cost_actual = BoundedLabels(
+            Counter(
+                "relay_cost_actual_usd_total",
+                "Actual cost of terminal tasks in USD.",
+                ["model"],
+                registry=r,
+            ),
+            by_model,
         )
         self.submit_latency = Histogram(
             "relay_submit_latency_seconds",
@@ -67,12 +144,15 @@ class RelayMetrics:
             buckets=HTTP_LATENCY_BUCKETS_S,
             registry=r,
         )
-        self.task_duration = Histogram(
-            "relay_task_duration_seconds",
-            "Submit to terminal status.",
-            ["model"],
-            buckets=TASK_DURATION_BUCKETS_S,
-            registry=r,
+        self.task_duration = BoundedLabels(
+            Histogram(
+                "relay_task_duration_seconds",
+                "Submit to terminal status.",
+                ["model"],
+                buckets=TASK_DURATION_BUCKETS_S,
+                registry=r,
+            ),
+            by_model,
         )
         self.end_to_end_latency = Histogram(
             "relay_end_to_end_latency_seconds",
@@ -175,6 +255,17 @@ class RelayMetrics:
             ["operation"],
             registry=r,
         )
+
+    def model_label(self, model: str | None) -> str:
+        """``model`` as a label value: a model the relay validates or the operator listed in
+        ``RELAY_METRICS_MODELS``, ``unknown`` when there is none, else ``other``."""
+        if not model:
+            return UNKNOWN_MODEL_LABEL
+        return model if model in self._models else OTHER_LABEL
+
+    def error_code_label(self, code: str) -> str:
+        """``code`` as a label value (see ``error_code_label``)."""
+        return error_code_label(code)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

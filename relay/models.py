@@ -9,13 +9,23 @@ import base64
 import binascii
 import hashlib
 import json
+import re
 from datetime import UTC, datetime
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 WEBHOOK_SECRET_PREFIX = "whsec_"  # noqa: S105 (the prefix, not a secret)
 TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
+# Bounds on what a request record may carry and a result may echo (README, "What happens to each
+# record"): nesting deep enough to exhaust a parser's recursion, or a field the size of the record
+# echoed into every rejection, must never reach an encoder, a log line or a metric.
+DEFAULT_MAX_JSON_DEPTH = 32
+MAX_MODEL_CHARS = 200
+MAX_WEBHOOK_URL_CHARS = 2048
+MAX_ERROR_CODE_CHARS = 100
+MAX_ERROR_MESSAGE_CHARS = 2000
 ResultType = Literal["task.succeeded", "task.failed", "task.cancelled", "request.rejected"]
 ResultStatus = Literal["succeeded", "failed", "cancelled", "rejected"]
 
@@ -73,8 +83,47 @@ def payload_fingerprint(model: str, payload: object) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+_PRINTABLE_ASCII = re.compile(r"[\x20-\x7e]*")
+_URL_CHARS = re.compile(r"[\x21-\x7e]+")  # printable ASCII without the space
+
+
 def _is_printable_ascii(text: str) -> bool:
-    return all(0x20 <= ord(ch) <= 0x7E for ch in text)
+    return _PRINTABLE_ASCII.fullmatch(text) is not None
+
+
+def bounded_text(text: str, limit: int) -> str:
+    """``text`` made safe to echo: lone surrogates written as ``\\udXXX`` escapes (they cannot be
+    encoded as UTF-8), then cut to ``limit`` characters, the cut marked with an ellipsis."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
+
+
+def json_bytes(value: object) -> bytes:
+    """``value`` as compact JSON in strict UTF-8, refusing NaN and Infinity.
+
+    Raises ``ValueError`` (``UnicodeEncodeError`` for a lone surrogate) when it cannot be encoded.
+    """
+    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return text.encode("utf-8")
+
+
+def is_http_url(value: str) -> bool:
+    """An absolute ``http``/``https`` URL with a host, of printable ASCII without spaces.
+
+    Anything else (an IRI, a control character, a broken port) would fail later, in a Kafka
+    header or the webhook client, long after the request was charged.
+    """
+    if _URL_CHARS.fullmatch(value) is None:
+        return False
+    try:
+        parts = urlsplit(value)
+        _ = parts.port  # raises ValueError for a port that is not a number in range
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
 class RequestRecord(BaseModel):
@@ -83,9 +132,9 @@ class RequestRecord(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     idempotency_key: str | None = Field(default=None, min_length=1, max_length=255)
-    model: str = Field(min_length=1, max_length=200)
+    model: str = Field(min_length=1, max_length=MAX_MODEL_CHARS)
     input: dict[str, Any]
-    webhook_url: str | None = Field(default=None, max_length=2048)
+    webhook_url: str | None = Field(default=None, max_length=MAX_WEBHOOK_URL_CHARS)
     metadata: dict[str, Any] | None = None
 
     @field_validator("idempotency_key")
@@ -93,6 +142,16 @@ class RequestRecord(BaseModel):
     def _printable(cls, value: str | None) -> str | None:
         if value is not None and not _is_printable_ascii(value):
             raise ValueError("must be 1-255 printable ASCII characters")
+        return value
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not is_http_url(value):
+            raise ValueError(
+                "must be an absolute http or https URL of printable ASCII "
+                "(percent-encode anything else)"
+            )
         return value
 
 
@@ -165,21 +224,41 @@ def rejection(
     model: str | None = None,
     metadata: dict[str, Any] | None = None,
     request_id: str | None = None,
+    max_metadata_bytes: int | None = None,
 ) -> ResultRecord:
-    """A ``request.rejected`` result: the relay refused the request and nothing was charged."""
+    """A ``request.rejected`` result: the relay refused the request and nothing was charged.
+
+    What a rejection echoes is bounded, because it may come from a record the relay refused for
+    its size: ``model``, ``code`` and ``message`` are cut to ``MAX_MODEL_CHARS``,
+    ``MAX_ERROR_CODE_CHARS`` and ``MAX_ERROR_MESSAGE_CHARS``, and ``metadata`` is echoed only
+    when it encodes as JSON within ``max_metadata_bytes`` (when given), else left out.
+    """
     return ResultRecord(
         event_id=event_id_for(idempotency_key, "request.rejected"),
         type="request.rejected",
         idempotency_key=idempotency_key,
-        model=model,
+        model=None if model is None else bounded_text(model, MAX_MODEL_CHARS),
         request_id=request_id,
         status="rejected",
-        error=ResultError(code=code, message=message),
+        error=ResultError(
+            code=bounded_text(code, MAX_ERROR_CODE_CHARS),
+            message=bounded_text(message, MAX_ERROR_MESSAGE_CHARS),
+        ),
         cost_estimate=0.0,
         cost_actual=0.0,
         completed_at=utc_now_iso(),
-        metadata=metadata,
+        metadata=_echoable(metadata, max_metadata_bytes),
     )
+
+
+def _echoable(metadata: dict[str, Any] | None, max_bytes: int | None) -> dict[str, Any] | None:
+    if metadata is None:
+        return None
+    try:
+        size = len(json_bytes(metadata))
+    except (ValueError, RecursionError):  # not encodable: a result that echoed it could not be sent
+        return None
+    return metadata if max_bytes is None or size <= max_bytes else None
 
 
 # Webhook deliveries (DESIGN §6, docs/webhooks.md)

@@ -2,19 +2,23 @@
 
 The schema of ``apimart-doubao-seedance-4-0`` is MindVideo's own (see the API page): strict types,
 ``additionalProperties: false``, enums and bounds, and "reference image count plus n must be 15 or
-less". Models without a schema here pass through for MindVideo to judge.
+less". ``size`` is typed only as a string there, but the page lists its supported ratios; they are
+checked here (by the relay and by ``relay sim`` alike), so a ratio MindVideo does not support is
+named before anything is spent. Models without a schema here pass through for MindVideo to judge.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
 
 SEEDANCE_4_0 = "apimart-doubao-seedance-4-0"
 MAX_IMAGES_PER_TASK = 15
-SUPPORTED_SIZES = ("1:1", "4:3", "3:4", "16:9", "9:16", "3:2", "2:3", "21:9", "9:21", "auto")
+# "Supported ratios: 1:1, 4:3, 3:4, 16:9, 9:16, 3:2, 2:3, 21:9, 9:21, auto." (MindVideo's page)
+SizeRatio = Literal["1:1", "4:3", "3:4", "16:9", "9:16", "3:2", "2:3", "21:9", "9:21", "auto"]
+SUPPORTED_SIZES: tuple[str, ...] = get_args(SizeRatio)
 
 
 class FieldError(BaseModel):
@@ -37,7 +41,7 @@ class SeedanceInput(_Strict):
 
     prompt: StrictStr = Field(min_length=1, max_length=1000)
     n: StrictInt = Field(default=1, ge=1, le=MAX_IMAGES_PER_TASK)
-    size: StrictStr = "1:1"
+    size: SizeRatio = "1:1"
     watermark: StrictBool = False
     image_urls: list[StrictStr] | None = Field(
         default=None, min_length=1, max_length=MAX_IMAGES_PER_TASK
@@ -66,6 +70,11 @@ def _seedance_rules(value: SeedanceInput) -> list[FieldError]:
 _SCHEMAS: dict[str, tuple[type[BaseModel], Callable[[Any], list[FieldError]]]] = {
     SEEDANCE_4_0: (SeedanceInput, _seedance_rules),
 }
+
+
+def known_models() -> frozenset[str]:
+    """The model slugs whose input the relay validates locally."""
+    return frozenset(_SCHEMAS)
 
 
 def validate_input(model: str, payload: object) -> list[FieldError] | None:

@@ -42,7 +42,7 @@ class Relay:
 
     def __init__(self, settings: RelaySettings, metrics: RelayMetrics | None = None) -> None:
         self.settings = settings
-        self.metrics = metrics or RelayMetrics()
+        self.metrics = metrics or RelayMetrics(model_labels=settings.metrics_models)
         # The status page's last results, beside the counters they match.
         self.recent = RecentResults()
         self.gate = CredentialGate()

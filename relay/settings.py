@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from relay.models import decode_secret
+from relay.models import DEFAULT_MAX_JSON_DEPTH, MAX_MODEL_CHARS, decode_secret
 
 CommaList = Annotated[list[str], NoDecode]
 CommaFloats = Annotated[list[float], NoDecode]
@@ -112,6 +112,31 @@ class RelaySettings(BaseSettings):
     shutdown_grace_s: float = Field(default=30.0, ge=0)
     log_level: str = "INFO"
     log_format: str = "auto"
+
+    # --- Hostile input and bounded resources (issue 10: decode, metric labels) ---
+    # How deeply a request record's objects and arrays may nest (the record itself is level 1).
+    # At most 128: a result wraps metadata one level deeper, and pydantic's encoder stops at 255.
+    max_json_depth: int = Field(default=DEFAULT_MAX_JSON_DEPTH, ge=2, le=128)
+    # Models counted under their own `model` label besides those the relay validates; any other
+    # model a producer names is counted as `other`, so producers cannot grow /metrics.
+    metrics_models: CommaList = Field(default_factory=list)
+
+    @field_validator("metrics_models", mode="before")
+    @classmethod
+    def _split_metrics_models(cls, value: object) -> object:
+        return _split(value)
+
+    @field_validator("metrics_models")
+    @classmethod
+    def _model_slugs(cls, value: list[str]) -> list[str]:
+        for slug in value:
+            if len(slug) > MAX_MODEL_CHARS or not slug.isprintable():
+                raise ValueError(
+                    f"each model must be printable and at most {MAX_MODEL_CHARS} chars"
+                )
+        return value
+
+    # --- end of the hostile-input block ---
 
     _split_lists = field_validator(
         "webhook_secrets", "webhook_allowed_hosts", "webhook_retry_schedule", mode="before"

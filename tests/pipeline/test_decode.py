@@ -8,6 +8,7 @@ import pytest
 
 from relay.models import event_id_for
 from relay.pipeline.decode import DeadLetter, Rejected, Request, decode_request
+from relay.schemas import SUPPORTED_SIZES
 
 LIMITS = {"max_record_bytes": 4096, "max_metadata_bytes": 64}
 GOOD = {
@@ -54,6 +55,8 @@ def test_unknown_model_passes_through() -> None:
         ({"surprise": True}, "invalid_request", "surprise is not a known field"),
         ({"metadata": {"blob": "x" * 100}}, "metadata_too_large", "limit is 64"),
         ({"idempotency_key": "other-key"}, "idempotency_key_mismatch", "must agree"),
+        ({"input": {"prompt": "x", "size": "5:4"}}, "invalid_input", "input.size"),
+        ({"webhook_url": "hooks.example.com/x"}, "invalid_request", "webhook_url"),
     ],
 )
 def test_rejections_name_the_problem(change: dict[str, object], code: str, needle: str) -> None:
@@ -107,7 +110,21 @@ def test_no_key_anywhere_is_dead_lettered() -> None:
     assert decoded.reason == "no_idempotency_key"
 
 
-def test_empty_value_is_dead_lettered() -> None:
-    decoded = decode_request(b"k", None, **LIMITS)
+@pytest.mark.parametrize("value", [None, b""])
+def test_empty_value_is_dead_lettered(value: bytes | None) -> None:
+    decoded = decode_request(b"k", value, **LIMITS)
     assert isinstance(decoded, DeadLetter)
     assert decoded.reason == "empty_value"
+    assert decoded.rejected is not None
+
+
+@pytest.mark.parametrize("size", SUPPORTED_SIZES)
+def test_every_ratio_mindvideo_lists_is_accepted(size: str) -> None:
+    decoded = _decode({**GOOD, "input": {"prompt": "a panda", "size": size}})
+    assert isinstance(decoded, Request)
+
+
+def test_a_zero_length_record_key_counts_as_no_key() -> None:
+    decoded = _decode(GOOD, key=b"")
+    assert isinstance(decoded, Request)
+    assert decoded.idempotency_key == "order-1"

@@ -17,6 +17,7 @@ import sys
 from collections.abc import Callable
 
 from aiokafka.errors import KafkaError
+from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from relay import __version__, eventloop
@@ -114,10 +115,17 @@ def _cmd_webhooks_replay(args: argparse.Namespace) -> int:
     settings = _load("relay webhooks replay")
     setup_logging(settings.log_level, settings.log_format)
     quiet_kafka_client()
-    from relay.webhooks.replay import replay_dead_letters
+    from relay.webhooks.replay import ReplayCounts, replay_dead_letters
+
+    async def replay() -> ReplayCounts:
+        # Redis first: a replay set up against the wrong Redis fails now, not after reading
+        # the topic, and never reports deliveries scheduled where no relay will see them.
+        async with Redis.from_url(settings.redis_url) as redis:
+            await redis.ping()
+        return await replay_dead_letters(settings, endpoint=args.endpoint, key=args.key)
 
     try:
-        counts = asyncio.run(replay_dead_letters(settings, endpoint=args.endpoint, key=args.key))
+        counts = asyncio.run(replay())
     except (KafkaError, RedisError, StartupError) as exc:
         failure = describe_start_failure(exc, settings)
         print(f"relay webhooks replay: {failure}", file=sys.stderr)

@@ -204,6 +204,30 @@ async def test_redis_password_never_reaches_the_log(tmp_path: Path, kafka_bootst
         assert "wrong-pw" not in wrong.log_path.read_text()
 
 
+async def test_replay_names_the_dependency_it_cannot_reach(redis_url: str) -> None:
+    kafka, redis = f"127.0.0.1:{free_port()}", free_port()
+    cases = [  # Redis is checked first: a replay never reads the topic for the wrong Redis
+        (kafka, f"redis://:pw@127.0.0.1:{redis}/0", f"Redis at 127.0.0.1:{redis}", "REDIS_URL"),
+        (kafka, redis_url, f"Kafka at {kafka}", "KAFKA_BOOTSTRAP_SERVERS"),
+    ]
+    for bootstrap, url, names, variable in cases:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
+        env.update(RELAY_KAFKA_BOOTSTRAP_SERVERS=bootstrap, RELAY_REDIS_URL=url)
+        replay = await asyncio.create_subprocess_exec(
+            *(sys.executable, "-m", "relay", "webhooks", "replay", "--all"),
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        _, err = await asyncio.wait_for(replay.communicate(), START_TIMEOUT_S)
+        assert replay.returncode == 1, err
+        lines = err.decode().strip().splitlines()
+        assert len(lines) == 1, lines
+        assert lines[0].startswith(f"relay webhooks replay: cannot reach {names} ("), lines[0]
+        assert lines[0].endswith(f"; check RELAY_{variable}"), lines[0]
+        assert "pw@" not in lines[0]
+
+
 async def test_sigterm_during_start_up_exits_cleanly(tmp_path: Path, redis_url: str) -> None:
     with socket.socket() as silent:  # accepts connections, never answers: a hung broker
         silent.bind(("127.0.0.1", 0))

@@ -1,4 +1,11 @@
-"""The ``relay`` console entry point: ``run`` (the service) and ``sim`` (a MindVideo simulator)."""
+"""The ``relay`` console entry point: ``run`` (the service), ``sim`` (a MindVideo simulator),
+``dev``, ``submit`` and ``webhooks replay``.
+
+Exit codes, for every command: 0 done, 2 the configuration or the command line is wrong (one
+line on stderr names each variable or flag to fix), 1 a dependency could not be reached (one
+line names it, its address and the variable that sets it). ``relay submit`` adds 1 for a
+request that did not succeed and 3 for a ``--wait`` that timed out.
+"""
 
 from __future__ import annotations
 
@@ -7,20 +14,31 @@ import asyncio
 import logging
 import signal
 import sys
+from collections.abc import Callable
 
-from pydantic import ValidationError
+from aiokafka.errors import KafkaError
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from relay import __version__, eventloop
+from relay.configuration import load_service_settings, load_settings
+from relay.exceptions import ConfigurationError, StartupError
 from relay.logs import setup_logging
 from relay.service import Relay
 from relay.settings import RelaySettings
+from relay.startup import describe_start_failure, quiet_kafka_client, redis_address
 
 log = logging.getLogger("relay")
 
 
 async def _serve(settings: RelaySettings) -> int:
-    """Run until SIGTERM/SIGINT (exit 0) or a fatal error (exit 1), a signal during start-up
-    included: a pod being deleted while Kafka is unreachable must not wait for start to end."""
+    """Run until SIGTERM/SIGINT (exit 0) or a fatal error, a signal during start-up included: a
+    pod being deleted while Kafka is unreachable must not wait for start to end.
+
+    A failure to start is one log line naming the dependency, its address and the variable to
+    change, logged last (after the clean-up), with exit code 2 for configuration and 1 for an
+    unreachable dependency.
+    """
     relay = Relay(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -35,11 +53,14 @@ async def _serve(settings: RelaySettings) -> int:
         await asyncio.gather(starting, return_exceptions=True)
         await relay.stop()
         return 0
-    if starting.exception() is not None:
+    error = starting.exception()
+    if error is not None:
         stopper.cancel()
-        log.error("the relay could not start: %s", starting.exception())
+        failure = describe_start_failure(error, settings)
         await relay.stop()
-        return 1
+        log.debug("start-up failure in detail", exc_info=error)
+        log.error("the relay could not start: %s", failure, extra={"exit_code": failure.exit_code})
+        return failure.exit_code
     waiter = asyncio.create_task(relay.wait())
     done, _ = await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
     failed = waiter in done and waiter.exception() is not None
@@ -50,28 +71,26 @@ async def _serve(settings: RelaySettings) -> int:
     return 1 if failed else 0
 
 
+def _load(command: str, loader: Callable[[], RelaySettings] = load_settings) -> RelaySettings:
+    """Settings for ``command``, or ``SystemExit(2)`` after one line on stderr naming every
+    variable to fix (logging is not set up yet: its format is one of the settings)."""
+    try:
+        return loader()
+    except ConfigurationError as exc:
+        print(f"{command}: invalid configuration: {exc}", file=sys.stderr)
+        raise SystemExit(exc.exit_code) from None
+
+
 def _cmd_run(_: argparse.Namespace) -> int:
-    settings = _settings()
-    if settings is None:
-        return 2
+    settings = _load("relay run", load_service_settings)
     setup_logging(settings.log_level, settings.log_format)
     return eventloop.run(_serve(settings))
-
-
-def _settings() -> RelaySettings | None:
-    try:
-        return RelaySettings()
-    except ValidationError as exc:
-        print(f"relay: invalid configuration:\n{exc}", file=sys.stderr)
-        return None
 
 
 def _cmd_dev(args: argparse.Namespace) -> int:
     from relay.devtools import dev
 
-    settings = _settings()
-    if settings is None:
-        return 2
+    settings = _load("relay dev")
     setup_logging(settings.log_level, settings.log_format)
     return dev.run(args, settings)
 
@@ -79,8 +98,7 @@ def _cmd_dev(args: argparse.Namespace) -> int:
 def _cmd_submit(args: argparse.Namespace) -> int:
     from relay.devtools import submit
 
-    settings = _settings()
-    return 2 if settings is None else submit.run(args, settings)
+    return submit.run(args, _load("relay submit"))
 
 
 def _cmd_sim(args: argparse.Namespace) -> int:
@@ -94,18 +112,27 @@ def _cmd_webhooks_replay(args: argparse.Namespace) -> int:
     if not (args.all or args.endpoint or args.key):
         print("relay webhooks replay: give --endpoint, --key or --all", file=sys.stderr)
         return 2
-    try:
-        settings = RelaySettings()
-    except ValidationError as exc:
-        print(f"relay: invalid configuration:\n{exc}", file=sys.stderr)
-        return 2
+    settings = _load("relay webhooks replay")
     setup_logging(settings.log_level, settings.log_format)
-    from relay.webhooks.replay import replay_dead_letters
+    quiet_kafka_client()
+    from relay.webhooks.replay import ReplayCounts, replay_dead_letters
 
-    counts = asyncio.run(replay_dead_letters(settings, endpoint=args.endpoint, key=args.key))
+    async def replay() -> ReplayCounts:
+        # Redis first: a replay set up against the wrong Redis fails now, not after reading
+        # the topic, and never reports deliveries scheduled where no relay will see them.
+        async with Redis.from_url(settings.redis_url) as redis:
+            await redis.ping()
+        return await replay_dead_letters(settings, endpoint=args.endpoint, key=args.key)
+
+    try:
+        counts = asyncio.run(replay())
+    except (KafkaError, RedisError, StartupError) as exc:
+        failure = describe_start_failure(exc, settings)
+        print(f"relay webhooks replay: {failure}", file=sys.stderr)
+        return failure.exit_code
     print(
-        f"replayed webhook dead letters from {settings.webhook_dead_letter_topic}: "
-        f"{counts.summary()}"
+        f"replayed webhook dead letters from {settings.webhook_dead_letter_topic} into Redis at "
+        f"{redis_address(settings)}: {counts.summary()}"
     )
     return 0
 
@@ -157,7 +184,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    code: int = args.func(args)
+    try:
+        code: int = args.func(args)
+    except SystemExit as exc:  # _load's configuration error, already said on stderr
+        return exc.code if isinstance(exc.code, int) else 2
     return code
 
 

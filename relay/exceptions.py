@@ -64,3 +64,32 @@ class RecordUndecodable(RelayError):
         super().__init__(f"{reason}: {message}")
         self.reason = reason
         self.message = message
+
+
+class StartupError(RelayError):
+    """The process cannot start. The message is one line that names the fix; ``exit_code`` says
+    whose problem it is: 2 the configuration, 1 a dependency that cannot be reached."""
+
+    exit_code = 1
+
+
+class ConfigurationError(StartupError):
+    """The settings are wrong: each problem names the ``RELAY_*`` variable to change."""
+
+    exit_code = 2
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+class DependencyUnavailable(StartupError):
+    """Kafka or Redis cannot be reached (or refuses us) at the address the settings give."""
+
+    exit_code = 1
+
+    def __init__(self, dependency: str, address: str, setting: str, reason: str) -> None:
+        super().__init__(f"cannot reach {dependency} at {address} ({reason}); check {setting}")
+        self.dependency = dependency
+        self.address = address
+        self.setting = setting

@@ -1,15 +1,50 @@
 """Structured logs: one JSON object per line, or a readable line on a terminal.
 
 Fields passed with ``extra=`` (idempotency_key, task_id, partition, …) become keys of the object.
-Secrets never reach a log call: settings are logged through ``RelaySettings.redacted()``.
+Secrets never reach a log call: settings are logged through ``RelaySettings.redacted()``. As a
+second line of defence every formatted line has the userinfo of any URL in it masked
+(``redis://:password@host`` → ``redis://***@host``), so a client library's error message that
+quotes a URL cannot leak a password either.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from datetime import UTC, datetime
+from urllib.parse import urlsplit
+
+# scheme://user:password@ — everything between "//" and the last "@" before a "/", whitespace or
+# quote (greedy, so a stray unencoded "@" in a password does not leave its tail behind).
+_URL_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^\s/\"']+@")
+
+
+def scrub(text: str) -> str:
+    """``text`` with the userinfo of every URL in it replaced by ``***``."""
+    return _URL_USERINFO.sub(r"\g<scheme>***@", text)
+
+
+def redact_url(url: str) -> str:
+    """A URL fit for a log: its userinfo (a Redis password, basic-auth credentials) masked."""
+    return scrub(url)
+
+
+def url_origin(url: str) -> str:
+    """Only the scheme and host (and port) of a URL: for URLs that may carry a credential in
+    their path or query (a webhook endpoint with a token), where masking the userinfo is not
+    enough."""
+    parts = urlsplit(url.strip())
+    host = parts.hostname or ""
+    if ":" in host:  # an IPv6 literal
+        host = f"[{host}]"
+    try:
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        port = ""
+    return f"{parts.scheme}://{host}{port}" if parts.scheme else "(not a URL)"
+
 
 _STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None)).keys()) | {
     "message",
@@ -33,7 +68,7 @@ class JsonFormatter(logging.Formatter):
         entry.update(_extras(record))
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str, ensure_ascii=False)
+        return scrub(json.dumps(entry, default=str, ensure_ascii=False))
 
 
 class ReadableFormatter(logging.Formatter):
@@ -45,11 +80,16 @@ class ReadableFormatter(logging.Formatter):
             line = f"{line}  {extras}"
         if record.exc_info:
             line = f"{line}\n{self.formatException(record.exc_info)}"
-        return line
+        return scrub(line)
 
 
 def setup_logging(level: str = "INFO", fmt: str = "auto") -> None:
-    """``fmt``: ``json``, ``text`` or ``auto`` (text on a terminal, JSON otherwise)."""
+    """``fmt``: ``json``, ``text`` or ``auto`` (text on a terminal, JSON otherwise).
+
+    ``level`` and ``fmt`` are validated with the other settings before this is called
+    (``RelaySettings.log_level``/``log_format``), so a typo is a one-line configuration error,
+    not a traceback from ``logging``.
+    """
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if use_json else ReadableFormatter())

@@ -213,6 +213,12 @@ class RelayMetrics:
         self.partitions_paused = Gauge(
             "relay_partitions_paused", "Partitions paused because their work is full.", registry=r
         )
+        self.redis_eviction_allowed = Gauge(
+            "relay_redis_eviction_allowed",
+            "1 when the relay runs against a Redis whose maxmemory-policy may evict its state "
+            "(accepted with RELAY_REDIS_ALLOW_EVICTION=true).",
+            registry=r,
+        )
 
         # Webhooks (docs/webhooks.md); a dashboard depends on these names and label values.
         self.webhook_attempts = Counter(

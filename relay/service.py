@@ -13,7 +13,7 @@ from redis.exceptions import RedisError
 
 from relay import __version__
 from relay.backoff import Backoff
-from relay.exceptions import OperatorError, RetryableError
+from relay.exceptions import ConfigurationError, OperatorError, RetryableError
 from relay.http import build_http_app
 from relay.metrics import RelayMetrics
 from relay.pipeline.consumer import RequestConsumer
@@ -25,6 +25,7 @@ from relay.pipeline.mindvideo import MindVideoClient
 from relay.pipeline.processor import RequestProcessor
 from relay.pipeline.publisher import ResultPublisher, build_producer
 from relay.settings import RelaySettings
+from relay.startup import check_eviction_policy
 from relay.status import RecentResults
 from relay.topics import create_topics
 from relay.webhooks.dispatcher import WebhookDispatcher
@@ -61,9 +62,11 @@ class Relay:
 
     async def start(self) -> None:
         s = self.settings
+        # The settings given explicitly at INFO (compact); all of them only at DEBUG.
         log.info(
-            "starting mindvideo-relay", extra={"version": __version__, "settings": s.redacted()}
+            "starting mindvideo-relay", extra={"version": __version__, "settings": s.compact()}
         )
+        log.debug("all settings", extra={"settings": s.redacted()})
         if s.kafka_create_topics:
             await create_topics(
                 s.kafka_bootstrap_servers,
@@ -78,6 +81,9 @@ class Relay:
             )
         )
         await self._redis.ping()
+        await check_eviction_policy(
+            self._redis, s, on_allowed=lambda: self.metrics.redis_eviction_allowed.set(1)
+        )
         self._session = self._mindvideo_session(s.mindvideo_max_connections)
         # Event streams live as long as their tasks: a pool of their own, so they can never
         # take the connections submits and polls need.
@@ -239,8 +245,14 @@ class Relay:
         )
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.settings.http_host, self.settings.http_port)
-        await site.start()
+        host, port = self.settings.http_host, self.settings.http_port
+        site = web.TCPSite(self._runner, host, port)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise ConfigurationError(
+                [f"cannot listen on {host}:{port} ({exc.strerror}); change RELAY_HTTP_PORT"]
+            ) from exc
         server = site._server
         sockets = getattr(server, "sockets", None) or []
         self.http_port = sockets[0].getsockname()[1] if sockets else self.settings.http_port

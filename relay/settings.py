@@ -1,4 +1,9 @@
-"""Operator settings, read once from ``RELAY_*`` environment variables (DESIGN §7) and passed in."""
+"""Operator settings, read once from ``RELAY_*`` environment variables (DESIGN §7) and passed in.
+
+``load_settings()`` is how every command reads them: strictly (an unknown ``RELAY_*`` variable is
+an error naming the closest setting), and with every problem turned into one line that names the
+variable to change (``relay.settings_errors``).
+"""
 
 from __future__ import annotations
 
@@ -7,10 +12,21 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from relay.logs import redact_url, url_origin
 from relay.models import DEFAULT_MAX_JSON_DEPTH, MAX_MODEL_CHARS, decode_secret
 
 CommaList = Annotated[list[str], NoDecode]
 CommaFloats = Annotated[list[float], NoDecode]
+CommaSecrets = Annotated[list[SecretStr], NoDecode]
+# The values relay.logs.setup_logging understands.
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+LogFormat = Literal["auto", "json", "text"]
+
+# Standard Webhooks secrets are 24 to 64 random bytes; a shorter HMAC key is guessable.
+MIN_WEBHOOK_SECRET_BYTES = 24
+_MAKE_KEY = (
+    "python -c \"import base64,os; print('whsec_'+base64.b64encode(os.urandom(32)).decode())\""
+)
 
 DEFAULT_WEBHOOK_RETRY_SCHEDULE_S = [0.0, 5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0]
 
@@ -78,7 +94,7 @@ class RelaySettings(BaseSettings):
     task_timeout_s: float = Field(default=6 * 3600.0, gt=0)
 
     # Webhooks
-    webhook_secrets: CommaList = Field(default_factory=list)
+    webhook_secrets: CommaSecrets = Field(default_factory=list)
     webhook_default_url: str | None = None
     webhook_allowed_hosts: CommaList = Field(default_factory=list)
     webhook_retry_schedule: CommaFloats = Field(
@@ -110,8 +126,14 @@ class RelaySettings(BaseSettings):
     # Protects the status page; /healthz, /readyz and /metrics stay open for probes and scrapes.
     http_token: SecretStr | None = None
     shutdown_grace_s: float = Field(default=30.0, ge=0)
-    log_level: str = "INFO"
-    log_format: str = "auto"
+    log_level: LogLevel = "INFO"
+    log_format: LogFormat = "auto"
+
+    # --- Start-up safety (issues 10 and 16): what may only be waived by name ---
+    # Run with no webhook signing secret at all: deliveries go out unsigned.
+    webhook_allow_unsigned: bool = False
+    # Run against a Redis whose maxmemory-policy may evict keys (idempotency records, deliveries).
+    redis_allow_eviction: bool = False
 
     # --- Hostile input and bounded resources (issue 10: decode, metric labels) ---
     # How deeply a request record's objects and arrays may nest (the record itself is level 1).
@@ -142,16 +164,32 @@ class RelaySettings(BaseSettings):
         "webhook_secrets", "webhook_allowed_hosts", "webhook_retry_schedule", mode="before"
     )(_split)
 
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level_case(cls, value: object) -> object:
+        return value.strip().upper() if isinstance(value, str) else value
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _format_case(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
+
     @field_validator("webhook_secrets")
     @classmethod
-    def _whsec(cls, value: list[str]) -> list[str]:
-        for index, secret in enumerate(value):
+    def _whsec(cls, value: list[SecretStr]) -> list[SecretStr]:
+        for index, item in enumerate(value):
+            secret = item.get_secret_value()
             if not secret.startswith("whsec_"):
-                raise ValueError("each webhook secret must start with 'whsec_'")
+                raise ValueError(f"webhook secret #{index + 1} does not start with 'whsec_'")
             try:
-                decode_secret(secret)
+                key = decode_secret(secret)
             except ValueError as exc:
                 raise ValueError(f"webhook secret #{index + 1}: {exc}") from None
+            if len(key) < MIN_WEBHOOK_SECRET_BYTES:
+                raise ValueError(
+                    f"webhook secret #{index + 1} is {len(key)} bytes; a signing secret needs "
+                    f"at least {MIN_WEBHOOK_SECRET_BYTES} random bytes (make one: {_MAKE_KEY})"
+                )
         return value
 
     @field_validator("webhook_retry_schedule")
@@ -181,10 +219,43 @@ class RelaySettings(BaseSettings):
     def _strip_slash(cls, value: str) -> str:
         return value.rstrip("/")
 
+    def service_problems(self) -> list[str]:
+        """What ``relay run`` needs beyond valid values, each naming the variable to set.
+
+        Checked only for the service: ``relay submit`` and ``relay webhooks replay`` sign
+        nothing and call no MindVideo API.
+        """
+        problems = []
+        if not self.mindvideo_api_key.get_secret_value().strip():
+            problems.append(
+                "RELAY_MINDVIDEO_API_KEY is empty: set it to your MindVideo key "
+                "(mv_live_… or mv_test_…)"
+            )
+        if self.webhooks_enabled and not self.webhook_secrets and not self.webhook_allow_unsigned:
+            problems.append(
+                "RELAY_WEBHOOK_SECRETS is empty, so webhooks would go out unsigned: set a "
+                f"whsec_ secret of at least {MIN_WEBHOOK_SECRET_BYTES} bytes, or "
+                "RELAY_WEBHOOK_ALLOW_UNSIGNED=true to deliver unsigned on purpose"
+            )
+        return problems
+
     def redacted(self) -> dict[str, object]:
-        """The settings as a dict fit for a log line: secrets masked."""
+        """Every setting as a dict fit for a log line (logged at DEBUG): secrets masked, URLs
+        without their userinfo, webhook endpoints reduced to scheme and host (their path or
+        query may carry a token)."""
         data = self.model_dump()
-        data["mindvideo_api_key"] = "***" if self.mindvideo_api_key.get_secret_value() else ""
-        data["webhook_secrets"] = [f"whsec_***({i})" for i in range(len(self.webhook_secrets))]
-        data["http_token"] = "***" if self.http_token else None
+        for name, value in data.items():
+            if isinstance(value, SecretStr):
+                data[name] = "***" if value.get_secret_value() else ""
+            elif isinstance(value, list) and value and isinstance(value[0], SecretStr):
+                data[name] = [f"***({i + 1})" for i in range(len(value))]
+            elif isinstance(value, str) and "://" in value:
+                data[name] = redact_url(value)
+        if self.webhook_default_url:
+            data["webhook_default_url"] = ",".join(map(url_origin, self.webhook_default_urls))
         return data
+
+    def compact(self) -> dict[str, object]:
+        """``redacted()`` limited to the settings given explicitly: the start-up log line."""
+        full = self.redacted()
+        return {name: full[name] for name in sorted(self.model_fields_set)}

@@ -20,33 +20,51 @@ import tempfile
 from pathlib import Path
 
 from aiohttp import web
-from pydantic import SecretStr
+from aiokafka.errors import KafkaError
+from redis.exceptions import RedisError
 
 from relay import eventloop
+from relay.devtools.devconfig import (
+    DEFAULT_HTTP_PORT,
+    DEFAULT_KAFKA_PORT,
+    DEFAULT_REDIS_PORT,
+    DEFAULT_SIM_PORT,
+    DEV_API_KEY,
+    DevPorts,
+    DevSettings,
+    dev_settings,
+    export_block,
+    honoured_summary,
+    resolve_ports,
+)
 from relay.devtools.embedded import start_noida, start_redis, start_tansu
-from relay.devtools.processes import LOCALHOST, ManagedProcess
-from relay.devtools.receiver import WEBHOOK_PATH, build_receiver, new_secret
+from relay.devtools.processes import LOCALHOST, ManagedProcess, ServiceError
+from relay.devtools.receiver import WEBHOOK_PATH, build_receiver
+from relay.exceptions import ConfigurationError, StartupError
 from relay.service import Relay
 from relay.settings import RelaySettings
 from relay.sim.cli import serve as serve_sim
 from relay.sim.config import SimConfig
+from relay.startup import describe_start_failure
 from relay.topics import create_topics
 
-DEV_API_KEY = "mv_test_local"
-DEFAULT_KAFKA_PORT = 9092
-DEFAULT_REDIS_PORT = 6390
-DEFAULT_SIM_PORT = 8090
-DEFAULT_HTTP_PORT = 8080
 DEFAULT_WEBHOOK_PORT = 8091
 DEV_PARTITIONS = 4
 
 
-class PortBusy(RuntimeError):
-    pass
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--kafka-port", type=int, default=DEFAULT_KAFKA_PORT)
+    parser.description = (
+        "Run the whole pipeline on this machine. RELAY_* variables you exported are honoured "
+        "(an address of Kafka, Redis or MindVideo on 127.0.0.1 sets the port of the service "
+        "relay dev starts; one elsewhere is refused). The first screen prints an export block "
+        "for other commands (relay submit, relay webhooks replay) to reach the stack."
+    )
+    parser.add_argument(
+        "--kafka-port",
+        type=int,
+        help=f"embedded broker port (default: from RELAY_KAFKA_BOOTSTRAP_SERVERS, else "
+        f"{DEFAULT_KAFKA_PORT})",
+    )
     parser.add_argument(
         "--broker",
         choices=["tansu", "noida"],
@@ -54,9 +72,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="embedded broker: tansu (default; idle at ~0%% CPU, no idempotent producer) or "
         "noida (idempotent producer; its fetches do not wait, so an idle relay spins a core)",
     )
-    parser.add_argument("--redis-port", type=int, default=DEFAULT_REDIS_PORT)
-    parser.add_argument("--sim-port", type=int, default=DEFAULT_SIM_PORT)
-    parser.add_argument("--http-port", type=int, default=DEFAULT_HTTP_PORT)
+    parser.add_argument(
+        "--redis-port",
+        type=int,
+        help=f"Redis port (default: from RELAY_REDIS_URL, else {DEFAULT_REDIS_PORT})",
+    )
+    parser.add_argument(
+        "--sim-port",
+        type=int,
+        help=f"simulator port (default: from RELAY_MINDVIDEO_BASE_URL, else {DEFAULT_SIM_PORT})",
+    )
+    parser.add_argument(
+        "--http-port",
+        type=int,
+        help=f"relay HTTP port (default: RELAY_HTTP_PORT, else {DEFAULT_HTTP_PORT})",
+    )
     parser.add_argument(
         "--webhook-port",
         type=int,
@@ -72,23 +102,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _check_free(name: str, port: int, flag: str) -> None:
+def check_port_free(name: str, port: int, flag: str) -> None:
+    """Refuse a port something listens on, as the server about to bind it would.
+
+    The bind uses ``SO_REUSEADDR`` like redis-server, the broker and aiohttp do, so a port whose
+    last connections linger in TIME-WAIT (right after Ctrl-C) counts as free: it is.
+    """
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((LOCALHOST, port))
         except OSError as exc:
-            raise PortBusy(f"{name} port {port} is in use ({exc.strerror}); pass {flag} N") from exc
+            raise ConfigurationError(
+                [f"{name} port {port} is in use ({exc.strerror}); pass {flag} N"]
+            ) from exc
 
 
 async def _run(args: argparse.Namespace, base: RelaySettings) -> int:
+    ports = resolve_ports(args, base)
     for name, port, flag in (
-        ("Kafka", args.kafka_port, "--kafka-port"),
-        ("Redis", args.redis_port, "--redis-port"),
-        ("simulator", args.sim_port, "--sim-port"),
-        ("relay HTTP", args.http_port, "--http-port"),
-        ("webhook receiver", args.webhook_port, "--webhook-port"),
+        ("Kafka", ports.kafka, "--kafka-port"),
+        ("Redis", ports.redis, "--redis-port"),
+        ("simulator", ports.sim, "--sim-port"),
+        ("relay HTTP", ports.http, "--http-port"),
+        ("webhook receiver", ports.webhook, "--webhook-port"),
     ):
-        _check_free(name, port, flag)
+        check_port_free(name, port, flag)
     workdir = args.data_dir or Path(tempfile.mkdtemp(prefix="relay-dev-"))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -99,19 +138,23 @@ async def _run(args: argparse.Namespace, base: RelaySettings) -> int:
     sim_task: asyncio.Task[None] | None = None
     relay: Relay | None = None
     receiver: web.AppRunner | None = None
+    webhook_url = f"http://{LOCALHOST}:{ports.webhook}{WEBHOOK_PATH}"
+    dev = dev_settings(base, ports, args.broker, webhook_url)
+    settings = dev.settings
     try:
         _say(f"starting the embedded Kafka broker ({args.broker}) …")
         start_broker = start_tansu if args.broker == "tansu" else start_noida
-        kafka, bootstrap = await start_broker(workdir / "kafka", args.kafka_port)
+        kafka, _ = await start_broker(workdir / "kafka", ports.kafka)
         children.append(kafka)
         _say("starting Redis …")
-        redis, redis_url = await start_redis(workdir / "redis", args.redis_port)
+        redis, _ = await start_redis(workdir / "redis", ports.redis)
         children.append(redis)
-        topics = [base.request_topic, base.result_topic, base.dead_letter_topic]
-        await create_topics(bootstrap, topics, DEV_PARTITIONS, exact=False)
+        topics = [settings.request_topic, settings.result_topic, settings.dead_letter_topic]
+        await create_topics(ports.bootstrap, topics, DEV_PARTITIONS, exact=False)
+        await create_topics(ports.bootstrap, [settings.webhook_dead_letter_topic], 1, exact=False)
         sim_config = SimConfig.model_validate(
             {
-                "port": args.sim_port,
+                "port": ports.sim,
                 "api_keys": [DEV_API_KEY],
                 "queued_s": "0.5",
                 "processing_s": args.processing_s,
@@ -119,33 +162,16 @@ async def _run(args: argparse.Namespace, base: RelaySettings) -> int:
             }
         )
         sim_task = asyncio.create_task(serve_sim(sim_config, sim_stop), name="simulator")
-        secret = new_secret()
-        receiver = web.AppRunner(build_receiver(secret), access_log=None)
+        secrets = [secret.get_secret_value() for secret in settings.webhook_secrets]
+        receiver = web.AppRunner(build_receiver(secrets), access_log=None)
         await receiver.setup()
-        await web.TCPSite(receiver, LOCALHOST, args.webhook_port).start()
-        webhook_url = f"http://{LOCALHOST}:{args.webhook_port}{WEBHOOK_PATH}"
-        settings = base.model_copy(
-            update={
-                "kafka_bootstrap_servers": bootstrap,
-                "kafka_session_timeout_ms": 6000,
-                # Tansu refuses aiokafka's idempotent producer; noida-db supports it.
-                "kafka_enable_idempotence": args.broker == "noida",
-                "redis_url": redis_url,
-                "mindvideo_base_url": f"http://{LOCALHOST}:{args.sim_port}",
-                "mindvideo_api_key": SecretStr(DEV_API_KEY),
-                "mindvideo_poll_interval_s": 0.5,
-                "http_host": LOCALHOST,
-                "http_port": args.http_port,
-                "shutdown_grace_s": 2.0,
-                "webhook_secrets": [secret],
-                "webhook_default_url": webhook_url,
-                "webhook_allowed_hosts": [LOCALHOST],
-                "webhook_retry_schedule": [0.0, 1.0, 5.0, 30.0],
-            }
-        )
+        await web.TCPSite(receiver, LOCALHOST, ports.webhook).start()
         relay = Relay(settings)
-        await relay.start()
-        _banner(bootstrap, redis_url, settings, args.sim_port, webhook_url)
+        try:
+            await relay.start()
+        except (KafkaError, RedisError) as exc:
+            raise describe_start_failure(exc, settings) from exc
+        _banner(dev, ports, webhook_url)
         waiter = asyncio.create_task(relay.wait())
         stopper = asyncio.create_task(stop.wait())
         await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
@@ -172,22 +198,31 @@ def _say(text: str) -> None:
     print(f"relay dev: {text}", file=sys.stderr, flush=True)
 
 
-def _banner(
-    bootstrap: str, redis_url: str, settings: RelaySettings, sim_port: int, webhook_url: str
-) -> None:
-    http = f"http://{LOCALHOST}:{settings.http_port}"
-    sim = f"http://{LOCALHOST}:{sim_port}"
+def _banner(dev: DevSettings, ports: DevPorts, webhook_url: str) -> None:
+    s = dev.settings
+    http = f"http://{LOCALHOST}:{ports.http}"
+    delivered_to = ", ".join(s.webhook_default_urls) or "(none)"
+    receiver_note = (
+        "(the local receiver verifies and prints each delivery below)"
+        if webhook_url in s.webhook_default_urls
+        else f"(your RELAY_WEBHOOK_DEFAULT_URL; the local receiver at {webhook_url} is idle)"
+    )
+    honoured = "".join(f"\n    {line}" for line in honoured_summary(dev))
+    from_env = f"\n  honoured from your environment:{honoured}\n" if honoured else ""
     print(
         f"""
 mindvideo-relay dev is running. Ctrl-C stops everything.
 
-  Kafka      {bootstrap}   requests: {settings.request_topic}   results: {settings.result_topic}
-  Redis      {redis_url}
-  MindVideo  {sim}   (simulator; ledger: {sim}/_sim/ledger)
+  Kafka      {ports.bootstrap}   requests: {s.request_topic}   results: {s.result_topic}
+  Redis      {ports.redis_url}
+  MindVideo  {ports.sim_url}   (simulator; ledger: {ports.sim_url}/_sim/ledger)
   relay      {http}/  (status page)   {http}/metrics   {http}/readyz
-  webhooks   {webhook_url}  (verifies and prints each delivery below)
+  webhooks   {delivered_to}  {receiver_note}
+{from_env}
+For other commands (relay submit, relay webhooks replay, your own receiver), in another terminal:
 
-Try, in another terminal:
+{export_block(dev)}
+
   relay submit --prompt "a panda in a bamboo forest" --wait
 """,
         file=sys.stderr,
@@ -196,8 +231,13 @@ Try, in another terminal:
 
 
 def run(args: argparse.Namespace, settings: RelaySettings) -> int:
+    """``relay dev``; a failure to start is one line naming what to change (exit 2) or what
+    could not be started or reached (exit 1)."""
     try:
         return eventloop.run(_run(args, settings))
-    except PortBusy as exc:
+    except StartupError as exc:
         print(f"relay dev: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_code
+    except ServiceError as exc:
+        print(f"relay dev: {exc}", file=sys.stderr)
+        return 1

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import os
 import sys
+from collections.abc import Sequence
 
 from aiohttp import web
 
@@ -23,7 +24,8 @@ def new_secret() -> str:
     return "whsec_" + base64.b64encode(os.urandom(24)).decode()
 
 
-def build_receiver(secret: str) -> web.Application:
+def build_receiver(secret: str | Sequence[str]) -> web.Application:
+    """The receiver app; ``secret`` may be several (a rotation): any one verifying is enough."""
     seen: set[str] = set()
 
     async def receive(request: web.Request) -> web.Response:

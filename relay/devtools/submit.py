@@ -11,25 +11,46 @@ import argparse
 import asyncio
 import json
 import sys
-import time
 import uuid
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
+from aiokafka.structs import RecordMetadata
+from pydantic import ValidationError
 
+from relay.devtools.results import KeyResultReader
 from relay.models import RequestRecord
-from relay.schemas import SEEDANCE_4_0
+from relay.schemas import SEEDANCE_4_0, validate_input
 from relay.settings import RelaySettings
+from relay.startup import describe_start_failure, quiet_kafka_client
 
 EXIT_SUCCEEDED = 0
 EXIT_NOT_SUCCEEDED = 1
 EXIT_USAGE = 2
 EXIT_TIMEOUT = 3
 
+EXIT_CODES_HELP = """exit codes:
+  0  submitted (without --wait), or the result is task.succeeded
+  1  the result is not a success (task.failed, task.cancelled, request.rejected), or Kafka
+     could not be reached (the one-line message names it and RELAY_KAFKA_BOOTSTRAP_SERVERS)
+  2  usage: a bad flag, bad JSON, an input the model's schema refuses (nothing is produced),
+     or an invalid RELAY_* setting
+  3  --wait timed out before a result was published
+
+With --wait, a key whose result is already on the results topic is printed at once and
+nothing is produced again."""
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.description = (
+        "Produce one generation request to RELAY_REQUEST_TOPIC on "
+        "RELAY_KAFKA_BOOTSTRAP_SERVERS, after checking it as the relay would; with --wait, "
+        "print its result record from RELAY_RESULT_TOPIC."
+    )
+    parser.epilog = EXIT_CODES_HELP
     parser.add_argument("--prompt", help="the text prompt")
     parser.add_argument(
         "--model", default=SEEDANCE_4_0, help=f"model slug (default {SEEDANCE_4_0})"
@@ -55,13 +76,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _json_object(text: str, flag: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"{flag} is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{flag} must be a JSON object, got {type(value).__name__}")
+    return value
+
+
 def build_request(args: argparse.Namespace) -> RequestRecord:
-    """The request record from flags or a file; raises ``ValueError`` with a clear message."""
+    """The request record from flags or a file, checked as the relay will check it (the record's
+    shape, then the input against the model's schema when the relay knows it); raises
+    ``ValueError`` with a one-line message naming the flag or field."""
     if args.json_file is not None:
         text = sys.stdin.read() if str(args.json_file) == "-" else args.json_file.read_text()
-        data: dict[str, Any] = json.loads(text)
+        data = _json_object(text, f"--json {args.json_file}")
     else:
-        payload: dict[str, Any] = json.loads(args.input_json) if args.input_json else {}
+        payload = _json_object(args.input_json, "--input") if args.input_json else {}
         for name in ("prompt", "n", "size", "resolution"):
             value = getattr(args, name)
             if value is not None:
@@ -82,15 +115,63 @@ def build_request(args: argparse.Namespace) -> RequestRecord:
                 raise ValueError(f"--metadata wants K=V, got {item!r}")
             meta[name] = value
         data["metadata"] = meta
-    return RequestRecord.model_validate(data)
+    try:
+        request = RequestRecord.model_validate(data)
+    except ValidationError as exc:
+        fields = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'record'}: {e['msg']}"
+            for e in exc.errors(include_url=False)
+        )
+        raise ValueError(f"not a valid request record: {fields}") from None
+    errors = validate_input(request.model, request.input)
+    if errors:
+        fields = "; ".join(f"{e.field}: {e.message}" for e in errors)
+        raise ValueError(f"the relay would reject this input for {request.model}: {fields}")
+    return request
 
 
 async def _submit(args: argparse.Namespace, settings: RelaySettings) -> int:
     request = build_request(args)
     key = request.idempotency_key or ""
-    consumer = None
-    if args.wait:
-        consumer = await _results_from_now(settings)
+    reader: KeyResultReader | None = None
+    try:
+        if args.wait:
+            reader = KeyResultReader(settings, key)
+            await reader.start()
+            published = await reader.already_published()
+            if published.task_result is not None:
+                _say(
+                    f"{key} already has a result on {settings.result_topic}; nothing submitted "
+                    "(use a new --key for a new request)"
+                )
+                return _print_result(published.task_result)
+            if published.rejection is not None:
+                code = (published.rejection.get("error") or {}).get("code")
+                _say(f"an earlier request with key {key} was rejected ({code}); submitting again")
+        meta = await _produce(settings, key, request)
+        where = f"{settings.request_topic} (partition {meta.partition}, offset {meta.offset})"
+        if reader is None:
+            _say(
+                f"submitted {key} to {where}. To see its outcome, run the same command again "
+                f"with --key {key} --wait: the relay deduplicates by key (nothing runs or is "
+                "charged twice) and a result already published is printed at once"
+            )
+            return EXIT_SUCCEEDED
+        _say(f"submitted {key} to {where}; waiting up to {args.timeout_s:g}s for its result")
+        result = await reader.next_result(args.timeout_s)
+    finally:
+        if reader is not None:
+            await reader.stop()
+    if result is None:
+        _say(
+            f"no result for {key} within {args.timeout_s:g}s (is a relay consuming "
+            f"{settings.request_topic}?); run again with --key {key} --wait to keep waiting"
+        )
+        return EXIT_TIMEOUT
+    return _print_result(result)
+
+
+async def _produce(settings: RelaySettings, key: str, request: RequestRecord) -> RecordMetadata:
     # One record keyed by its idempotency key: a duplicate from a retried send costs nothing (the
     # relay dedupes by key), so the idempotent producer, which some brokers refuse, is not needed.
     producer = AIOKafkaProducer(
@@ -98,81 +179,32 @@ async def _submit(args: argparse.Namespace, settings: RelaySettings) -> int:
     )
     try:
         await producer.start()
-        meta = await producer.send_and_wait(
+        return await producer.send_and_wait(
             settings.request_topic,
             value=request.model_dump_json(exclude_none=True).encode(),
             key=key.encode(),
         )
-    except BaseException:
-        if consumer is not None:
-            await consumer.stop()
-        raise
     finally:
         await producer.stop()
-    print(
-        f"submitted {key} to {settings.request_topic} "
-        f"(partition {meta.partition}, offset {meta.offset})",
-        file=sys.stderr,
-    )
-    if consumer is None:
-        return EXIT_SUCCEEDED
-    try:
-        result = await _wait_for(consumer, key, args.timeout_s)
-    finally:
-        await consumer.stop()
-    if result is None:
-        print(f"no result for {key} within {args.timeout_s:.0f}s", file=sys.stderr)
-        return EXIT_TIMEOUT
+
+
+def _print_result(result: dict[str, Any]) -> int:
     print(json.dumps(result, indent=2, ensure_ascii=False))
     return EXIT_SUCCEEDED if result.get("status") == "succeeded" else EXIT_NOT_SUCCEEDED
 
 
-async def _results_from_now(settings: RelaySettings) -> AIOKafkaConsumer:
-    """A consumer positioned at the current end of the results topic (before we produce)."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap_servers, enable_auto_commit=False
-    )
-    try:
-        await consumer.start()
-    except KafkaError:
-        await consumer.stop()
-        raise
-    partitions = consumer.partitions_for_topic(settings.result_topic)
-    if not partitions:
-        await consumer._client.force_metadata_update()
-        partitions = consumer.partitions_for_topic(settings.result_topic) or {0}
-    tps = [TopicPartition(settings.result_topic, p) for p in sorted(partitions)]
-    consumer.assign(tps)
-    await consumer.seek_to_end(*tps)
-    for tp in tps:
-        await consumer.position(tp)
-    return consumer
-
-
-async def _wait_for(
-    consumer: AIOKafkaConsumer, key: str, timeout_s: float
-) -> dict[str, Any] | None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        batch = await consumer.getmany(timeout_ms=500)
-        for records in batch.values():
-            for record in records:
-                if record.key == key.encode():
-                    value: dict[str, Any] = json.loads(record.value)
-                    return value
-    return None
+def _say(text: str) -> None:
+    print(f"relay submit: {text}", file=sys.stderr, flush=True)
 
 
 def run(args: argparse.Namespace, settings: RelaySettings) -> int:
+    """``relay submit``; the exit codes are ``EXIT_CODES_HELP``."""
+    quiet_kafka_client()
     try:
         return asyncio.run(_submit(args, settings))
     except (ValueError, OSError) as exc:
-        print(f"relay submit: {exc}", file=sys.stderr)
+        _say(str(exc))
         return EXIT_USAGE
     except KafkaError as exc:
-        print(
-            f"relay submit: Kafka at {settings.kafka_bootstrap_servers} failed: {exc!r} "
-            "(is `relay dev` running, or RELAY_KAFKA_BOOTSTRAP_SERVERS set?)",
-            file=sys.stderr,
-        )
-        return EXIT_USAGE
+        _say(str(describe_start_failure(exc, settings)))
+        return EXIT_NOT_SUCCEEDED

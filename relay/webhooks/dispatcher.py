@@ -52,7 +52,7 @@ class WebhookDispatcher:
         s = settings
         self._settings = s
         self._client = WebhookClient(
-            WebhookSigner(s.webhook_secrets, clock),
+            WebhookSigner([x.get_secret_value() for x in s.webhook_secrets], clock),
             SsrfPolicy(s.webhook_allowed_hosts),
             connect_timeout_s=s.webhook_connect_timeout_s,
             timeout_s=s.webhook_timeout_s,

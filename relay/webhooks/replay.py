@@ -50,8 +50,8 @@ async def _read_dead_letters(settings: RelaySettings) -> list[DeadLetterRecord]:
         group_id=None,
         enable_auto_commit=False,
     )
-    await consumer.start()
     try:
+        await consumer.start()  # inside: a failed start must still close the consumer
         topic = settings.webhook_dead_letter_topic
         await consumer.topics()  # loads the metadata partitions_for_topic reads
         partitions = consumer.partitions_for_topic(topic) or set()

@@ -213,7 +213,8 @@ def test_build_steps_in_a_clean_venv(
     bad = _run("relay", "run", env={**image_env, "RELAY_HTTP_PORT": "eighty"}, cwd=tmp_path)
     assert bad.returncode == 2, bad.stderr
     assert "invalid configuration" in bad.stderr
-    assert "http_port" in bad.stderr
+    assert "RELAY_HTTP_PORT='eighty'" in bad.stderr, "the error names the variable and its value"
+    assert len(bad.stderr.strip().splitlines()) == 1, bad.stderr
     assert "Traceback" not in bad.stderr
 
     # The HEALTHCHECK command, run with the image's Python against a local /healthz.

@@ -76,6 +76,9 @@ class Pipeline:
             RELAY_MINDVIDEO_BACKOFF_MAX_S="0.5",
             RELAY_COMMIT_INTERVAL_S="0.2",
             RELAY_HTTP_HOST="127.0.0.1",
+            # Tests that check signatures set RELAY_WEBHOOK_SECRETS; the others deliver unsigned,
+            # which the relay allows only when asked by name.
+            RELAY_WEBHOOK_ALLOW_UNSIGNED="true",
             RELAY_LOG_FORMAT="json",
             RELAY_LOG_LEVEL=os.environ.get("RELAY_TEST_LOG_LEVEL", "INFO"),
         )

@@ -104,6 +104,14 @@ class RelayMetrics:
             ["operation"],
             registry=r,
         )
+        self.retries = Counter(
+            "relay_retries_total",
+            "Retries made, by where (scope: mindvideo, lifecycle, consumer) and why (reason: "
+            "mindvideo_network, mindvideo_http_5xx, mindvideo_http_429, redis, kafka, "
+            "credentials, internal, ...).",
+            ["scope", "reason"],
+            registry=r,
+        )
         self.stream_fallbacks = Counter(
             "relay_event_stream_fallbacks_total",
             "Times following a task fell back from the event stream to polling.",

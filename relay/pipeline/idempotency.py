@@ -1,11 +1,11 @@
 """The idempotency store in Redis: one hash per idempotency key (DESIGN §4).
 
-States move forward only: ``claimed`` → ``submitted`` → ``terminal`` → ``published``, or
-``rejected`` when the relay refused the request. Each record keeps the payload fingerprint, task and
-request ids, the last event id seen, timestamps and the result once known. The claim is one Lua
-script, so two owners cannot both see a key as new; every other write is one script too, touching
-one hash and resetting its retention atomically. Key names carry the idempotency key in a hash
-tag, so a Redis Cluster keeps each record on one slot.
+States (``KeyState``) move forward only: ``claimed`` → ``submitted`` → ``terminal`` →
+``published``, or ``rejected`` when MindVideo refused the request. Each record keeps the payload
+fingerprint, task and request ids, the last event id seen, timestamps and the result once known.
+The claim is one Lua script, so two owners cannot both see a key as new; every other write is one
+script too, touching one hash and resetting its retention atomically. Key names carry the
+idempotency key in a hash tag, so a Redis Cluster keeps each record on one slot.
 
 Thousands of requests in flight each make a handful of these calls. They are not sent one by one:
 the calls made while a batch is on its way are sent together as the next pipeline (at most
@@ -21,6 +21,7 @@ import inspect
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, Literal
 
 from redis.asyncio import Redis
@@ -32,6 +33,7 @@ from relay.models import ResultRecord
 log = logging.getLogger(__name__)
 
 ClaimOutcome = Literal["new", "conflict", "existing"]
+RefusalStatus = Literal["new", "seen", "in_use"]
 MAX_BATCHES_IN_FLIGHT = 2
 MAX_BATCH_CALLS = 1000
 
@@ -69,11 +71,27 @@ return added
 """
 
 
+class KeyState(StrEnum):
+    """Where an idempotency key stands, as stored in its Redis hash (field ``state``)."""
+
+    CLAIMED = "claimed"  # a valid request took the key; nothing submitted yet
+    SUBMITTED = "submitted"  # MindVideo created the task; it is being followed
+    TERMINAL = "terminal"  # the result is known and stored, not yet published
+    PUBLISHED = "published"  # the result is on the results topic
+    REJECTED = "rejected"  # MindVideo refused the request; the rejection is published
+
+
+# States in which a key belongs to a request: no record-level rejection is published for it.
+IN_USE_STATES = frozenset(
+    {KeyState.CLAIMED, KeyState.SUBMITTED, KeyState.TERMINAL, KeyState.PUBLISHED}
+)
+
+
 @dataclass(frozen=True, slots=True)
 class IdempotencyRecord:
     """What the store knows about one key."""
 
-    state: str
+    state: KeyState
     task_id: str | None = None
     request_id: str | None = None
     last_event_id: str | None = None
@@ -196,7 +214,7 @@ class IdempotencyStore:
         cost_estimate: float | None,
         submitted_at: str,
     ) -> None:
-        fields = {"state": "submitted", "task_id": task_id, "submitted_at": submitted_at}
+        fields = {"state": KeyState.SUBMITTED, "task_id": task_id, "submitted_at": submitted_at}
         if request_id is not None:
             fields["request_id"] = request_id
         if cost_estimate is not None:
@@ -218,14 +236,16 @@ class IdempotencyStore:
 
     async def mark_terminal(self, idempotency_key: str, result_json: bytes) -> None:
         """The result is known: kept (as its published JSON) until it is published."""
-        await self._write(idempotency_key, {"state": "terminal", "result": result_json.decode()})
+        await self._write(
+            idempotency_key, {"state": KeyState.TERMINAL, "result": result_json.decode()}
+        )
 
     async def mark_published(self, idempotency_key: str) -> None:
-        await self._write(idempotency_key, {"state": "published"})
+        await self._write(idempotency_key, {"state": KeyState.PUBLISHED})
 
     async def mark_rejected(self, idempotency_key: str, result: ResultRecord) -> None:
         await self._write(
-            idempotency_key, {"state": "rejected", "result": result.model_dump_json()}
+            idempotency_key, {"state": KeyState.REJECTED, "result": result.model_dump_json()}
         )
 
     async def first_time(self, idempotency_key: str, marker: str) -> bool:
@@ -237,6 +257,24 @@ class IdempotencyStore:
             lambda pipe: self._mark_once(keys=keys, args=args, client=pipe)
         )
         return bool(added)
+
+    async def refusal_status(self, idempotency_key: str, marker: str) -> RefusalStatus:
+        """Whether a rejection decided without a claim (from the record alone) may be published:
+        ``in_use`` when a request owns the key (``IN_USE_STATES``: the record is dead-lettered
+        instead), ``seen`` when it was published before (``first_time`` remembered it), else
+        ``new``."""
+        key = self.key(idempotency_key)
+        state, seen = await self._batcher.call(
+            lambda pipe: pipe.hmget(key, ["state", f"seen:{marker}"])
+        )
+        if state is not None and _text(state) in IN_USE_STATES:
+            return "in_use"
+        return "seen" if seen is not None else "new"
+
+    async def seen(self, idempotency_key: str, marker: str) -> bool:
+        """Whether ``first_time`` remembered ``marker`` for this key."""
+        key = self.key(idempotency_key)
+        return bool(await self._batcher.call(lambda pipe: pipe.hexists(key, f"seen:{marker}")))
 
     async def get(self, idempotency_key: str) -> IdempotencyRecord | None:
         key = self.key(idempotency_key)
@@ -259,7 +297,7 @@ def _record(fields: dict[str, str]) -> IdempotencyRecord:
     result = fields.get("result")
     estimate = fields.get("cost_estimate")
     return IdempotencyRecord(
-        state=fields.get("state", "claimed"),
+        state=KeyState(fields.get("state", KeyState.CLAIMED)),
         task_id=fields.get("task_id"),
         request_id=fields.get("request_id"),
         last_event_id=fields.get("last_event_id"),

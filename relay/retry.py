@@ -91,14 +91,3 @@ class RetryPolicy:
         self.counter.labels(self.scope, retry_reason(exc)).inc()
         await self.sleep(delay)
         return delay
-
-    def with_sleep(self, sleep: Sleep) -> RetryPolicy:
-        """The same policy waiting with ``sleep`` (e.g. one a stopped task leaves at once)."""
-        return RetryPolicy(
-            self.backoff,
-            self.counter,
-            self.scope,
-            self.max_attempts,
-            self.outages_unbounded,
-            sleep,
-        )

@@ -4,10 +4,8 @@ Offsets are committed only below the lowest unfinished record (``offsets.Partiti
 partition whose work is full is paused (backpressure) and resumed as its tasks finish; everything is
 paused while the credentials gate is closed, and ``getmany`` keeps being called so the member stays
 in the group. On revocation the finished offsets are committed and the rest of the work is stopped:
-its state is in Redis and the next owner resumes it.
-
-``process`` decides every record's outcome itself (``relay.pipeline.processor``): it returns once
-the record is done with, whatever happened, so a record can never hold its partition's commits.
+its state is in Redis and the next owner resumes it. ``process`` (``relay.pipeline.processor``)
+returns once a record is done with, whatever happened: no record holds its partition's commits.
 """
 
 from __future__ import annotations
@@ -36,9 +34,8 @@ FREEZE_TIMEOUT_S = 10.0
 
 @dataclass(slots=True)
 class SourceRecord:
-    """Where a request record came from (for dead-letter context headers), and its bytes until
-    they are decoded: ``take_value`` hands them over once, so a task that runs for an hour does
-    not keep a copy of its record alive."""
+    """Where a request record came from (dead-letter headers), and its bytes until decoded:
+    ``take_value`` hands them over once, so a long task keeps no copy of its record alive."""
 
     topic: str
     partition: int
@@ -259,32 +256,26 @@ class RequestConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         self._metrics.partitions_paused.set(len(self._paused))
 
     async def _commit_loop(self) -> None:
-        last_lag = 0.0
+        """Commit every interval; a failed commit (Kafka out, a rebalance) is tried again after
+        a backoff, for as long as it takes, each time with what is finished by then."""
+        last_lag, failures = 0.0, 0
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(self._commit_interval_s)
-            await self._commit_retrying()
+            try:
+                await self.commit()
+                failures = 0
+            except KafkaError as exc:
+                failures += 1
+                log.warning(
+                    "offset commit failed; will retry",
+                    extra={"reason": repr(exc), "attempt": failures},
+                )
+                await self._retry.pause(failures, exc)
+                continue
             if loop.time() - last_lag >= LAG_INTERVAL_S:
                 last_lag = loop.time()
                 await self._measure_lag()
-
-    async def _commit_retrying(self) -> None:
-        """Commit; a failed commit is tried again after a backoff, for as long as Kafka is out
-        (each try commits what is finished by then, for the partitions owned by then)."""
-        attempt = 0
-        while True:
-            try:
-                await self.commit()
-                return
-            except KafkaError as exc:
-                attempt += 1
-                log.warning(
-                    "offset commit failed; will retry",
-                    extra={"reason": repr(exc), "attempt": attempt},
-                )
-                if not self._retry.allows(attempt, exc):
-                    return
-                await self._retry.pause(attempt, exc)
 
     async def _measure_lag(self) -> None:
         """Records not yet finished per partition: log end offset minus the first unfinished."""

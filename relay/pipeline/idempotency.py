@@ -7,35 +7,24 @@ The claim is one Lua script, so two owners cannot both see a key as new; every o
 script too, touching one hash and resetting its retention atomically. Key names carry the
 idempotency key in a hash tag, so a Redis Cluster keeps each record on one slot.
 
-Thousands of requests in flight each make a handful of these calls. They are not sent one by one:
-the calls made while a batch is on its way are sent together as the next pipeline (at most
-``MAX_BATCHES_IN_FLIGHT`` at once), so the store holds two connections and pays one round trip per
-batch, however many requests run. The last event id of a stream is written behind, with the next
+Thousands of requests in flight each make a handful of these calls; they are sent in batches
+(``relay.pipeline.batching``). The last event id of a stream is written behind, with the next
 batch: it only shortens a replay after a restart, and is never waited for.
 """
 
 from __future__ import annotations
 
-import asyncio
-import inspect
-import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Literal
 
 from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
-from redis.exceptions import RedisError
 
 from relay.models import ResultRecord
-
-log = logging.getLogger(__name__)
+from relay.pipeline.batching import RedisBatcher
 
 ClaimOutcome = Literal["new", "conflict", "existing"]
 RefusalStatus = Literal["new", "seen", "in_use"]
-MAX_BATCHES_IN_FLIGHT = 2
-MAX_BATCH_CALLS = 1000
 
 _WRITE_LUA = """
 redis.call('HSET', KEYS[1], unpack(ARGV, 2))
@@ -106,74 +95,6 @@ class Claim:
     record: IdempotencyRecord | None = None
 
 
-AddToPipeline = Callable[[Pipeline], Any]
-
-
-class _Batcher:
-    """Sends the calls queued while earlier batches are in flight as one pipeline each."""
-
-    def __init__(self, redis: Redis) -> None:
-        self._redis = redis
-        self._queue: list[tuple[AddToPipeline, asyncio.Future[Any] | None]] = []
-        self._in_flight = 0
-
-    async def call(self, add: AddToPipeline) -> Any:
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._enqueue(add, future)
-        return await future
-
-    def call_behind(self, add: AddToPipeline) -> None:
-        """Queue a call nobody waits for (a failure is logged)."""
-        self._enqueue(add, None)
-
-    def _enqueue(self, add: AddToPipeline, future: asyncio.Future[Any] | None) -> None:
-        self._queue.append((add, future))
-        if self._in_flight < MAX_BATCHES_IN_FLIGHT:
-            self._in_flight += 1
-            asyncio.get_running_loop().call_soon(self._start_batch)
-
-    def _start_batch(self) -> None:
-        batch, self._queue = self._queue[:MAX_BATCH_CALLS], self._queue[MAX_BATCH_CALLS:]
-        if not batch:
-            self._in_flight -= 1
-            return
-        task = asyncio.create_task(self._send(batch), name="idempotency-store-batch")
-        task.add_done_callback(self._batch_done)
-
-    def _batch_done(self, _: asyncio.Task[None]) -> None:
-        if self._queue:
-            self._start_batch()
-        else:
-            self._in_flight -= 1
-
-    async def _send(self, batch: list[tuple[AddToPipeline, asyncio.Future[Any] | None]]) -> None:
-        try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for add, _ in batch:
-                    queued = add(pipe)  # a script call is a coroutine; a command is queued at once
-                    if inspect.isawaitable(queued):
-                        await queued
-                replies = await pipe.execute(raise_on_error=False)
-        except (RedisError, OSError) as exc:
-            replies = [exc] * len(batch)
-        except BaseException as exc:
-            # Cancelled or worse: fail the waiters (never leave them hanging), then go on raising.
-            for _, future in batch:
-                if future is not None and not future.done():
-                    future.set_exception(RedisError(f"batch not sent: {exc!r}"))
-            raise
-        for (_, future), reply in zip(batch, replies, strict=True):
-            if future is None:
-                if isinstance(reply, Exception):
-                    log.warning("a write-behind Redis call failed", extra={"reason": repr(reply)})
-            elif future.done():
-                continue  # the caller was cancelled; the call was made all the same
-            elif isinstance(reply, Exception):
-                future.set_exception(reply)
-            else:
-                future.set_result(reply)
-
-
 class IdempotencyStore:
     """Reads and writes idempotency records; the retention restarts with every write."""
 
@@ -184,7 +105,7 @@ class IdempotencyStore:
         self._claim = redis.register_script(_CLAIM_LUA)
         self._write_script = redis.register_script(_WRITE_LUA)
         self._mark_once = redis.register_script(_MARK_ONCE_LUA)
-        self._batcher = _Batcher(redis)
+        self._batcher = RedisBatcher(redis)
         self._event_ids: dict[str, str] = {}
 
     def key(self, idempotency_key: str) -> str:

@@ -23,6 +23,10 @@ from dataclasses import dataclass
 from enum import Enum, StrEnum
 
 from relay.exceptions import FollowTimeout, OperatorError, RequestRejected
+from relay.models import RequestRecord, ResultError, ResultRecord
+from relay.pipeline.consumer import SourceRecord
+from relay.pipeline.decode import DeadLetter
+from relay.pipeline.idempotency import IdempotencyRecord, KeyState
 from relay.pipeline.results import FOLLOW_TIMEOUT_CODE, TASK_LOST_CODE
 from relay.retry import is_outage
 
@@ -119,17 +123,32 @@ def outcome_for(stage: Stage, exc: BaseException) -> Outcome:
     return TABLE[stage].get(classify(exc), DEAD_LETTER)
 
 
-def table_rows() -> list[tuple[str, dict[str, str]]]:
-    """The table as text, stage by stage (for the docs and the tests that keep them true)."""
-    rows = []
-    for stage in Stage:
-        if stage is Stage.DONE:
-            continue
-        cells = {}
-        for kind in ErrorKind:
-            outcome = TABLE[stage].get(kind, DEAD_LETTER)
-            cells[kind.value] = outcome.action.value + (
-                f" `{outcome.code}`" if outcome.code else ""
-            )
-        rows.append((stage.value, cells))
-    return rows
+@dataclass(slots=True)
+class Work:
+    """One record on its way through the stages."""
+
+    source: SourceRecord  # where it came from (its bytes taken out into ``raw``)
+    raw: bytes | None  # the record's bytes, kept only until they are decoded into a request
+    key: str | None = None
+    request: RequestRecord | None = None
+    webhook_url: str | None = None
+    refusal: ResultRecord | None = None  # a rejection decided from the record alone
+    undecodable: DeadLetter | None = None  # why the record cannot be decoded at all
+    known: IdempotencyRecord | None = None  # the task, once submitted
+    last_event_id: str | None = None
+    decided: ResultError | None = None  # a REJECT or FAIL outcome, made into a result at PUBLISH
+    result: ResultRecord | None = None
+    body: bytes | None = None  # the result as stored in Redis, published byte for byte
+    marker: str | None = None  # remembered once published, so a replay does not publish again
+    mark: KeyState | None = None  # the key's state once the result is published
+    submit_started_s: float | None = None
+    failures: int = 0  # unexpected errors so far (bounded by RELAY_RECORD_MAX_ATTEMPTS)
+    outages: int = 0  # outage retries of the current step (the backoff grows with them)
+
+    def reject(self, code: str, message: str) -> None:
+        """MindVideo refused the request for good: publish ``request.rejected``."""
+        self.decided, self.mark = ResultError(code=code, message=message), KeyState.REJECTED
+
+    def fail(self, code: str, message: str) -> None:
+        """The submitted task will not end by itself: publish ``task.failed``."""
+        self.decided, self.mark = ResultError(code=code, message=message), KeyState.PUBLISHED

@@ -21,8 +21,8 @@ from relay.exceptions import OperatorError, RequestRejected
 from relay.pipeline.consumer import SourceRecord
 from relay.pipeline.gate import CredentialGate
 from relay.pipeline.handover import Handover
-from relay.pipeline.lifecycle import NEEDS_MINDVIDEO, Action, Outcome, Stage, outcome_for
-from relay.pipeline.steps import RequestSteps, Work
+from relay.pipeline.lifecycle import NEEDS_MINDVIDEO, Action, Outcome, Stage, Work, outcome_for
+from relay.pipeline.steps import RequestSteps
 from relay.retry import RetryPolicy, is_outage
 
 log = logging.getLogger(__name__)

@@ -2,7 +2,8 @@
 
 A step does its work and raises whatever goes wrong; it never decides what an error leads to:
 that is the lifecycle table's, carried out by the dispatcher (``relay.pipeline.processor``).
-Everything a record carries from one step to the next is in its ``Work``.
+Everything a record carries from one step to the next is in its ``Work``
+(``relay.pipeline.lifecycle``).
 """
 
 from __future__ import annotations
@@ -11,24 +12,15 @@ import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from datetime import datetime
 from typing import TypeVar
 
-from relay.models import (
-    RequestRecord,
-    ResultError,
-    ResultRecord,
-    payload_fingerprint,
-    rejection,
-    utc_now_iso,
-)
-from relay.pipeline.consumer import SourceRecord
+from relay.models import ResultRecord, payload_fingerprint, rejection, utc_now_iso
 from relay.pipeline.decode import DeadLetter, Rejected, decode_request
 from relay.pipeline.follower import TaskFollower
 from relay.pipeline.handover import Handover
 from relay.pipeline.idempotency import IdempotencyRecord, IdempotencyStore, KeyState
-from relay.pipeline.lifecycle import INTERNAL_ERROR_REASON, KEY_IN_USE_REASON, Stage
+from relay.pipeline.lifecycle import INTERNAL_ERROR_REASON, KEY_IN_USE_REASON, Stage, Work
 from relay.pipeline.mindvideo import MindVideoClient
 from relay.pipeline.outcomes import OutcomeRecorder
 from relay.pipeline.publisher import ResultPublisher
@@ -37,38 +29,7 @@ from relay.pipeline.results import failed_result, terminal_result
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-Step = Callable[["Work"], Awaitable[Stage]]
-
-
-@dataclass(slots=True)
-class Work:
-    """One record on its way through the stages."""
-
-    source: SourceRecord  # where it came from (its bytes taken out into ``raw``)
-    raw: bytes | None  # the record's bytes, kept only until they are decoded into a request
-    key: str | None = None
-    request: RequestRecord | None = None
-    webhook_url: str | None = None
-    refusal: ResultRecord | None = None  # a rejection decided from the record alone
-    undecodable: DeadLetter | None = None  # why the record cannot be decoded at all
-    known: IdempotencyRecord | None = None  # the task, once submitted
-    last_event_id: str | None = None
-    decided: ResultError | None = None  # a REJECT or FAIL outcome, made into a result at PUBLISH
-    result: ResultRecord | None = None
-    body: bytes | None = None  # the result as stored in Redis, published byte for byte
-    marker: str | None = None  # remembered once published, so a replay does not publish again
-    mark: KeyState | None = None  # the key's state once the result is published
-    submit_started_s: float | None = None
-    failures: int = 0  # unexpected errors so far (bounded by RELAY_RECORD_MAX_ATTEMPTS)
-    outages: int = 0  # outage retries of the current step (the backoff grows with them)
-
-    def reject(self, code: str, message: str) -> None:
-        """MindVideo refused the request for good: publish ``request.rejected``."""
-        self.decided, self.mark = ResultError(code=code, message=message), KeyState.REJECTED
-
-    def fail(self, code: str, message: str) -> None:
-        """The submitted task will not end by itself: publish ``task.failed``."""
-        self.decided, self.mark = ResultError(code=code, message=message), KeyState.PUBLISHED
+Step = Callable[[Work], Awaitable[Stage]]
 
 
 class RequestSteps:

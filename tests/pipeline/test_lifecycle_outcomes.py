@@ -110,7 +110,7 @@ async def test_sigterm_with_the_gate_closed_exits_at_once_and_the_next_relay_fin
 
     await _until("the credentials gate to close", gate_closed, TIMEOUT_S)
     in_flight = await pipeline.metric(port, "relay_tasks_in_flight")
-    assert in_flight >= len(late), "work is parked behind the gate"
+    assert in_flight >= 1, "work is parked behind the gate"
 
     started = time.monotonic()
     assert relay.stop(timeout_s=90.0) == 0, "SIGTERM exits cleanly"

@@ -3,6 +3,9 @@
 - ``RetryableError``: transient; try the same thing again after a backoff.
 - ``RequestRejected``: final for this request; publish a ``request.rejected`` result.
 - ``OperatorError``: the operator's configuration (key, credit) is wrong; stop taking work.
+- ``FollowTimeout``: a task did not end within ``RELAY_TASK_TIMEOUT_S`` of its submit; fail it.
+
+What each of them leads to at each step of a request is one table: ``relay.pipeline.lifecycle``.
 """
 
 from __future__ import annotations
@@ -13,11 +16,18 @@ class RelayError(Exception):
 
 
 class RetryableError(RelayError):
-    """A transient failure: timeouts, connection errors, 5xx, 429."""
+    """A transient failure: timeouts, connection errors, 5xx, 429.
 
-    def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
+    ``reason`` is a short label from a closed set (``network``, ``http_5xx``, ``http_429``,
+    ``http_4xx``, ``bad_response``, ``stream``) for the retry metric; never a message.
+    """
+
+    def __init__(
+        self, message: str, *, retry_after_s: float | None = None, reason: str = "network"
+    ) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+        self.reason = reason
 
 
 class RequestRejected(RelayError):
@@ -40,6 +50,13 @@ class OperatorError(RelayError):
 
 class StreamUnavailable(RetryableError):
     """The task's event stream cannot be used right now; poll instead."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, reason="stream")
+
+
+class FollowTimeout(RelayError):
+    """The task did not reach a terminal status within ``RELAY_TASK_TIMEOUT_S`` of its submit."""
 
 
 class WebhookRefused(RelayError):

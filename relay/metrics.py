@@ -39,7 +39,7 @@ RELAY_ERROR_CODES = frozenset(
         *("invalid_record_key", "no_idempotency_key", "invalid_request"),
         "idempotency_key_mismatch",
         *("metadata_too_large", "invalid_input", "idempotency_conflict", "key_in_use"),
-        *("expired", "budget_exceeded", "internal_error", "relay_follow_timeout"),
+        *("expired", "budget_exceeded", "internal_error", "relay_follow_timeout", "task_lost"),
     }
 )
 MINDVIDEO_ERROR_CODES = frozenset(
@@ -182,6 +182,14 @@ class RelayMetrics:
             "relay_mindvideo_retries_total",
             "Retried MindVideo calls by operation.",
             ["operation"],
+            registry=r,
+        )
+        self.retries = Counter(
+            "relay_retries_total",
+            "Retries made, by where (scope: mindvideo, lifecycle, consumer) and why (reason: "
+            "mindvideo_network, mindvideo_http_5xx, mindvideo_http_429, redis, kafka, "
+            "credentials, internal, ...).",
+            ["scope", "reason"],
             registry=r,
         )
         self.stream_fallbacks = Counter(

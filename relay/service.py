@@ -22,8 +22,11 @@ from relay.pipeline.gate import CredentialGate
 from relay.pipeline.handover import Handover
 from relay.pipeline.idempotency import IdempotencyStore
 from relay.pipeline.mindvideo import MindVideoClient
+from relay.pipeline.outcomes import OutcomeRecorder
 from relay.pipeline.processor import RequestProcessor
 from relay.pipeline.publisher import ResultPublisher, build_producer
+from relay.pipeline.steps import RequestSteps
+from relay.retry import RetryPolicy
 from relay.settings import RelaySettings
 from relay.startup import check_eviction_policy
 from relay.status import RecentResults
@@ -35,6 +38,9 @@ log = logging.getLogger(__name__)
 REDIS_PING_TIMEOUT_S = 1.0
 REDIS_MAX_CONNECTIONS = 100
 REDIS_POOL_TIMEOUT_S = 10.0
+# Commit retries while Kafka is out (the lifecycle's retries follow the MindVideo backoff settings).
+COMMIT_BACKOFF_BASE_S = 1.0
+COMMIT_BACKOFF_MAX_S = 30.0
 DEPENDENCY_CHECK_INTERVAL_S = 5.0
 
 
@@ -125,7 +131,7 @@ class Relay:
             max_polls_per_s=s.mindvideo_max_polls_per_s,
         )
         self.metrics.event_streams_open.set_function(lambda: follower.streams.in_use)
-        processor = RequestProcessor(
+        steps = RequestSteps(
             store=IdempotencyStore(
                 self._redis, prefix=s.redis_key_prefix, retention_s=s.idempotency_retention_s
             ),
@@ -137,13 +143,25 @@ class Relay:
                 result_topic=s.result_topic,
                 dead_letter_topic=s.dead_letter_topic,
             ),
-            metrics=self.metrics,
-            recent=self.recent,
-            gate=self.gate,
-            outage_backoff=backoff,
+            outcomes=OutcomeRecorder(self.metrics, self.recent),
             handover=self.handover,
             max_record_bytes=s.max_record_bytes,
             max_metadata_bytes=s.max_metadata_bytes,
+            max_json_depth=s.max_json_depth,
+            task_timeout_s=s.task_timeout_s,
+        )
+        processor = RequestProcessor(
+            steps,
+            gate=self.gate,
+            handover=self.handover,
+            retry=RetryPolicy(
+                backoff,
+                self.metrics.retries,
+                scope="lifecycle",
+                max_attempts=s.record_max_attempts,
+                outages_unbounded=True,
+                sleep=self.handover.sleep,
+            ),
         )
         self._kafka_consumer = AIOKafkaConsumer(
             bootstrap_servers=s.kafka_bootstrap_servers,
@@ -166,7 +184,13 @@ class Relay:
             max_in_flight_per_partition=s.max_in_flight_per_partition,
             max_in_flight=s.max_in_flight,
             commit_interval_s=s.commit_interval_s,
-            retry_backoff=Backoff(1.0, 30.0),
+            retry=RetryPolicy(
+                Backoff(COMMIT_BACKOFF_BASE_S, COMMIT_BACKOFF_MAX_S),
+                self.metrics.retries,
+                scope="consumer",
+                max_attempts=s.record_max_attempts,
+                outages_unbounded=True,
+            ),
             handover=self.handover,
         )
         self._consumer.subscribe()

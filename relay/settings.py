@@ -93,6 +93,10 @@ class RelaySettings(BaseSettings):
     mindvideo_probe_interval_s: float = Field(default=5.0, gt=0)
     task_timeout_s: float = Field(default=6 * 3600.0, gt=0)
 
+    # Request lifecycle (docs/architecture.md, "Request lifecycle"): tries of a record that
+    # fails for a reason other than an outage, before it is dead-lettered as internal_error.
+    record_max_attempts: int = Field(default=5, ge=1)
+
     # Webhooks
     webhook_secrets: CommaSecrets = Field(default_factory=list)
     webhook_default_url: str | None = None

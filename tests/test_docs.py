@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from relay.settings import RelaySettings
@@ -25,3 +26,5 @@ def test_readme_quickstart_names_the_ci_test_command() -> None:
     assert "python -m pytest -q" in text
     assert "python -m pytest -q" in ci
     assert "relay dev" in text
+    [command] = re.findall(r"^TEST_COMMAND=\((.*)\)$", ci, flags=re.MULTILINE)
+    assert command in text, f"the README shows the command CI runs: {command}"

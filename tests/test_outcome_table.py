@@ -42,6 +42,21 @@ NEEDS_SERVICES = {
     "MindVideo answers a final 4xx": (
         "tests/pipeline/test_hostile_records.py::test_hostile_corpus_on_one_partition"
     ),
+    "MindVideo stops knowing a task": (
+        "tests/pipeline/test_lifecycle_outcomes.py::"
+        "test_a_task_mindvideo_forgets_ends_in_one_result_and_its_partition_moves_on"
+    ),
+    "a task not terminal": (
+        "tests/pipeline/test_processor.py::test_a_task_that_never_ends_fails_with_the_timeout_code"
+    ),
+    "a record-level rejection": (
+        "tests/pipeline/test_lifecycle_outcomes.py::"
+        "test_a_rejection_for_a_key_in_use_is_dead_lettered_not_published"
+    ),
+    "the relay fails to carry the record through": (
+        "tests/pipeline/test_lifecycle_outcomes.py::"
+        "test_a_record_the_relay_cannot_carry_through_is_dead_lettered_and_passed"
+    ),
 }
 
 

@@ -4,7 +4,8 @@ Offsets are committed only below the lowest unfinished record (``offsets.Partiti
 partition whose work is full is paused (backpressure) and resumed as its tasks finish; everything is
 paused while the credentials gate is closed, and ``getmany`` keeps being called so the member stays
 in the group. On revocation the finished offsets are committed and the rest of the work is stopped:
-its state is in Redis and the next owner resumes it.
+its state is in Redis and the next owner resumes it. ``process`` (``relay.pipeline.processor``)
+returns once a record is done with, whatever happened: no record holds its partition's commits.
 """
 
 from __future__ import annotations
@@ -17,11 +18,11 @@ from dataclasses import dataclass
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
-from relay.backoff import Backoff
 from relay.metrics import RelayMetrics
 from relay.pipeline.gate import CredentialGate
 from relay.pipeline.handover import Handover
 from relay.pipeline.offsets import PartitionWork
+from relay.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
 
@@ -31,9 +32,10 @@ LAG_INTERVAL_S = 5.0
 FREEZE_TIMEOUT_S = 10.0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SourceRecord:
-    """Where a request record came from, for dead-letter context headers."""
+    """Where a request record came from (dead-letter headers), and its bytes until decoded:
+    ``take_value`` hands them over once, so a long task keeps no copy of its record alive."""
 
     topic: str
     partition: int
@@ -41,6 +43,10 @@ class SourceRecord:
     key: bytes | None
     value: bytes | None
     timestamp_ms: int
+
+    def take_value(self) -> bytes | None:
+        value, self.value = self.value, None
+        return value
 
 
 Process = Callable[[SourceRecord], Awaitable[None]]
@@ -60,9 +66,10 @@ class RequestConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         max_in_flight_per_partition: int,
         max_in_flight: int,
         commit_interval_s: float,
-        retry_backoff: Backoff,
+        retry: RetryPolicy,
         handover: Handover,
     ) -> None:
+        """``retry`` paces commit retries (Kafka outages: for as long as they last)."""
         self._consumer = consumer
         self._process = process
         self._metrics = metrics
@@ -71,7 +78,7 @@ class RequestConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         self._per_partition = max_in_flight_per_partition
         self._max_in_flight = max_in_flight
         self._commit_interval_s = commit_interval_s
-        self._retry_backoff = retry_backoff
+        self._retry = retry
         self._handover = handover
         self._work: dict[TopicPartition, PartitionWork] = {}
         self._parked: dict[TopicPartition, PartitionWork] = {}
@@ -121,12 +128,24 @@ class RequestConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         self._stopping.set()
 
     async def drain(self, grace_s: float) -> None:
-        """Let in-flight work finish for up to ``grace_s``, then stop the rest and commit."""
+        """Let in-flight work finish for up to ``grace_s``, then stop the rest and commit.
+
+        Work that cannot move is not waited for: tasks parked behind the credentials gate are
+        handed back at once (and any that park during the grace period), and while the gate is
+        closed there is no grace period at all. The next owner resumes all of it from Redis.
+        """
         works = [*self._work.values(), *self._parked.values()]
         tasks = [t for w in works for t in w.tasks.values()]
+        handed_back = self._handover.hand_back_parked()
+        if not self._gate.is_open:
+            grace_s = 0.0
         if tasks:
-            log.info("draining in-flight work", extra={"in_flight": len(tasks), "grace_s": grace_s})
-            await asyncio.wait(tasks, timeout=grace_s)
+            log.info(
+                "draining in-flight work",
+                extra={"in_flight": len(tasks), "grace_s": grace_s, "handed_back": handed_back},
+            )
+            if grace_s > 0:
+                await asyncio.wait(tasks, timeout=grace_s)
         await self._stop(works)
         await self.commit()
 
@@ -209,27 +228,9 @@ class RequestConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         self._metrics.in_flight.inc()
 
     async def _handle(self, work: PartitionWork, source: SourceRecord) -> None:
-        attempt = 0
+        """Run one record to its end; a cancelled task (handed over) leaves its offset open."""
         try:
-            while True:
-                try:
-                    await self._process(source)
-                    break
-                except (asyncio.CancelledError, KeyboardInterrupt):
-                    raise
-                except Exception:
-                    attempt += 1
-                    delay = self._retry_backoff.delay_s(attempt)
-                    log.exception(
-                        "processing failed; retrying the record",
-                        extra={
-                            "partition": source.partition,
-                            "offset": source.offset,
-                            "attempt": attempt,
-                            "delay_s": round(delay, 3),
-                        },
-                    )
-                    await asyncio.sleep(delay)
+            await self._process(source)
             work.done(source.offset)
         finally:
             self._metrics.in_flight.dec()
@@ -255,14 +256,23 @@ class RequestConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         self._metrics.partitions_paused.set(len(self._paused))
 
     async def _commit_loop(self) -> None:
-        last_lag = 0.0
+        """Commit every interval; a failed commit (Kafka out, a rebalance) is tried again after
+        a backoff, for as long as it takes, each time with what is finished by then."""
+        last_lag, failures = 0.0, 0
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(self._commit_interval_s)
             try:
                 await self.commit()
+                failures = 0
             except KafkaError as exc:
-                log.warning("offset commit failed; will retry", extra={"reason": repr(exc)})
+                failures += 1
+                log.warning(
+                    "offset commit failed; will retry",
+                    extra={"reason": repr(exc), "attempt": failures},
+                )
+                await self._retry.pause(failures, exc)
+                continue
             if loop.time() - last_lag >= LAG_INTERVAL_S:
                 last_lag = loop.time()
                 await self._measure_lag()

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from pydantic import ValidationError
 
-from relay.exceptions import StreamUnavailable
+from relay.exceptions import FollowTimeout, StreamUnavailable
 from relay.metrics import RelayMetrics
 from relay.models import TERMINAL_STATUSES, TaskSnapshot, normalize_status
 from relay.pipeline.mindvideo import MindVideoClient
@@ -37,9 +37,7 @@ DEFAULT_MAX_STREAMS = 150
 DEFAULT_MAX_POLLS_PER_S = 100.0
 OnEventId = Callable[[str], Awaitable[None]]
 
-
-class FollowTimeout(Exception):
-    """The task did not reach a terminal status within the relay's task timeout."""
+__all__ = ["FollowTimeout", "TaskFollower"]
 
 
 class TaskFollower:
@@ -69,30 +67,47 @@ class TaskFollower:
         self._following = 0
 
     async def follow(
-        self, task_id: str, last_event_id: str | None, on_event_id: OnEventId
+        self,
+        task_id: str,
+        last_event_id: str | None,
+        on_event_id: OnEventId,
+        *,
+        timeout_s: float | None = None,
     ) -> TaskSnapshot:
+        """The task's terminal snapshot. Raises ``FollowTimeout`` once ``timeout_s`` (the time
+        left of ``RELAY_TASK_TIMEOUT_S`` since the submit; all of it when ``None``) has passed
+        without one; a task whose time is already up is looked at once before that."""
         self._following += 1
         try:
-            return await self._follow(task_id, last_event_id, on_event_id)
+            timeout = self._task_timeout_s if timeout_s is None else max(0.0, timeout_s)
+            return await self._follow(task_id, last_event_id, on_event_id, timeout)
         finally:
             self._following -= 1
 
     async def _follow(
-        self, task_id: str, last_event_id: str | None, on_event_id: OnEventId
+        self, task_id: str, last_event_id: str | None, on_event_id: OnEventId, timeout_s: float
     ) -> TaskSnapshot:
-        deadline = self._clock() + self._task_timeout_s
+        deadline = self._clock() + timeout_s
         cursor = _Cursor(last_event_id)
         stream_failures = 0
         polls_until_stream = 0
         slot_wait_s = self._poll_wait_s(deadline)
         while True:
-            if polls_until_stream <= 0 and await self.streams.take(slot_wait_s):
+            if (
+                polls_until_stream <= 0
+                and self._clock() < deadline
+                and await self.streams.take(slot_wait_s)
+            ):
                 cursor.received = False
                 try:
-                    snapshot = await self._from_stream(task_id, cursor, on_event_id)
+                    # A stream is read no longer than the task's time left; then one last look.
+                    async with asyncio.timeout(max(0.0, deadline - self._clock())):
+                        snapshot = await self._from_stream(task_id, cursor, on_event_id)
                     if snapshot is not None:
                         return snapshot
                     stream_failures = 0
+                except TimeoutError:
+                    log.info("task time is up while streaming", extra={"task_id": task_id})
                 except StreamUnavailable as exc:
                     if cursor.received:
                         # It worked, then broke: check once by GET, then resume at once.
@@ -114,7 +129,9 @@ class TaskFollower:
             if snapshot.terminal:
                 return snapshot
             if self._clock() >= deadline:
-                raise FollowTimeout(f"task {task_id} not terminal after {self._task_timeout_s}s")
+                raise FollowTimeout(
+                    f"task {task_id} not terminal within {self._task_timeout_s:g}s of its submit"
+                )
             if polls_until_stream > 0:
                 polls_until_stream -= 1
                 await self._sleep(self._poll_wait_s(deadline))

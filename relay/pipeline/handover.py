@@ -9,7 +9,11 @@ idempotency makes that free, but it is a second submit). So:
   ends right after the section;
 - ``freeze(tasks)`` (on revocation, before the group rebalances) lets no frozen task enter a submit
   section and returns once none is inside one; ``thaw(tasks)`` lets them go on when their partition
-  comes back, ``stop`` ends them when it went elsewhere.
+  comes back, ``stop`` ends them when it went elsewhere;
+- ``parked()`` marks where a task waits for something only the operator can fix (the credentials
+  gate). A parked task is outside any submit section, so on shutdown ``hand_back_parked()`` ends
+  it at once, and every task that parks after it: there is no point in waiting out the grace
+  period for work that cannot move, and the next owner resumes it from Redis.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ class Handover:
         self._inside: set[Task] = set()
         self._doomed: set[Task] = set()
         self._frozen: set[Task] = set()
+        self._parked: set[Task] = set()
+        self._handing_back = False
         self._changed = asyncio.Event()
 
     @asynccontextmanager
@@ -44,6 +50,28 @@ class Handover:
             self._inside.discard(task)
             self._notify()
         self.check(task)
+
+    @asynccontextmanager
+    async def parked(self) -> AsyncIterator[None]:
+        """Wait inside this block for something that may never come before shutdown."""
+        task = asyncio.current_task()
+        assert task is not None
+        self.check(task)
+        if self._handing_back:
+            raise asyncio.CancelledError
+        self._parked.add(task)
+        try:
+            yield
+        finally:
+            self._parked.discard(task)
+
+    def hand_back_parked(self) -> int:
+        """End every parked task now and every task that parks from now on; how many now."""
+        self._handing_back = True
+        parked = [t for t in self._parked if not t.done()]
+        for task in parked:
+            task.cancel()
+        return len(parked)
 
     def check(self, task: Task | None = None) -> None:
         """Raise ``CancelledError`` if the current task was asked to stop."""

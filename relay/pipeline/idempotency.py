@@ -1,39 +1,30 @@
 """The idempotency store in Redis: one hash per idempotency key (DESIGN §4).
 
-States move forward only: ``claimed`` → ``submitted`` → ``terminal`` → ``published``, or
-``rejected`` when the relay refused the request. Each record keeps the payload fingerprint, task and
-request ids, the last event id seen, timestamps and the result once known. The claim is one Lua
-script, so two owners cannot both see a key as new; every other write is one script too, touching
-one hash and resetting its retention atomically. Key names carry the idempotency key in a hash
-tag, so a Redis Cluster keeps each record on one slot.
+States (``KeyState``) move forward only: ``claimed`` → ``submitted`` → ``terminal`` →
+``published``, or ``rejected`` when MindVideo refused the request. Each record keeps the payload
+fingerprint, task and request ids, the last event id seen, timestamps and the result once known.
+The claim is one Lua script, so two owners cannot both see a key as new; every other write is one
+script too, touching one hash and resetting its retention atomically. Key names carry the
+idempotency key in a hash tag, so a Redis Cluster keeps each record on one slot.
 
-Thousands of requests in flight each make a handful of these calls. They are not sent one by one:
-the calls made while a batch is on its way are sent together as the next pipeline (at most
-``MAX_BATCHES_IN_FLIGHT`` at once), so the store holds two connections and pays one round trip per
-batch, however many requests run. The last event id of a stream is written behind, with the next
+Thousands of requests in flight each make a handful of these calls; they are sent in batches
+(``relay.pipeline.batching``). The last event id of a stream is written behind, with the next
 batch: it only shortens a replay after a restart, and is never waited for.
 """
 
 from __future__ import annotations
 
-import asyncio
-import inspect
-import logging
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from enum import StrEnum
+from typing import Literal
 
 from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
-from redis.exceptions import RedisError
 
 from relay.models import ResultRecord
-
-log = logging.getLogger(__name__)
+from relay.pipeline.batching import RedisBatcher
 
 ClaimOutcome = Literal["new", "conflict", "existing"]
-MAX_BATCHES_IN_FLIGHT = 2
-MAX_BATCH_CALLS = 1000
+RefusalStatus = Literal["new", "seen", "in_use"]
 
 _WRITE_LUA = """
 redis.call('HSET', KEYS[1], unpack(ARGV, 2))
@@ -69,11 +60,27 @@ return added
 """
 
 
+class KeyState(StrEnum):
+    """Where an idempotency key stands, as stored in its Redis hash (field ``state``)."""
+
+    CLAIMED = "claimed"  # a valid request took the key; nothing submitted yet
+    SUBMITTED = "submitted"  # MindVideo created the task; it is being followed
+    TERMINAL = "terminal"  # the result is known and stored, not yet published
+    PUBLISHED = "published"  # the result is on the results topic
+    REJECTED = "rejected"  # MindVideo refused the request; the rejection is published
+
+
+# States in which a key belongs to a request: no record-level rejection is published for it.
+IN_USE_STATES = frozenset(
+    {KeyState.CLAIMED, KeyState.SUBMITTED, KeyState.TERMINAL, KeyState.PUBLISHED}
+)
+
+
 @dataclass(frozen=True, slots=True)
 class IdempotencyRecord:
     """What the store knows about one key."""
 
-    state: str
+    state: KeyState
     task_id: str | None = None
     request_id: str | None = None
     last_event_id: str | None = None
@@ -88,74 +95,6 @@ class Claim:
     record: IdempotencyRecord | None = None
 
 
-AddToPipeline = Callable[[Pipeline], Any]
-
-
-class _Batcher:
-    """Sends the calls queued while earlier batches are in flight as one pipeline each."""
-
-    def __init__(self, redis: Redis) -> None:
-        self._redis = redis
-        self._queue: list[tuple[AddToPipeline, asyncio.Future[Any] | None]] = []
-        self._in_flight = 0
-
-    async def call(self, add: AddToPipeline) -> Any:
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._enqueue(add, future)
-        return await future
-
-    def call_behind(self, add: AddToPipeline) -> None:
-        """Queue a call nobody waits for (a failure is logged)."""
-        self._enqueue(add, None)
-
-    def _enqueue(self, add: AddToPipeline, future: asyncio.Future[Any] | None) -> None:
-        self._queue.append((add, future))
-        if self._in_flight < MAX_BATCHES_IN_FLIGHT:
-            self._in_flight += 1
-            asyncio.get_running_loop().call_soon(self._start_batch)
-
-    def _start_batch(self) -> None:
-        batch, self._queue = self._queue[:MAX_BATCH_CALLS], self._queue[MAX_BATCH_CALLS:]
-        if not batch:
-            self._in_flight -= 1
-            return
-        task = asyncio.create_task(self._send(batch), name="idempotency-store-batch")
-        task.add_done_callback(self._batch_done)
-
-    def _batch_done(self, _: asyncio.Task[None]) -> None:
-        if self._queue:
-            self._start_batch()
-        else:
-            self._in_flight -= 1
-
-    async def _send(self, batch: list[tuple[AddToPipeline, asyncio.Future[Any] | None]]) -> None:
-        try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for add, _ in batch:
-                    queued = add(pipe)  # a script call is a coroutine; a command is queued at once
-                    if inspect.isawaitable(queued):
-                        await queued
-                replies = await pipe.execute(raise_on_error=False)
-        except (RedisError, OSError) as exc:
-            replies = [exc] * len(batch)
-        except BaseException as exc:
-            # Cancelled or worse: fail the waiters (never leave them hanging), then go on raising.
-            for _, future in batch:
-                if future is not None and not future.done():
-                    future.set_exception(RedisError(f"batch not sent: {exc!r}"))
-            raise
-        for (_, future), reply in zip(batch, replies, strict=True):
-            if future is None:
-                if isinstance(reply, Exception):
-                    log.warning("a write-behind Redis call failed", extra={"reason": repr(reply)})
-            elif future.done():
-                continue  # the caller was cancelled; the call was made all the same
-            elif isinstance(reply, Exception):
-                future.set_exception(reply)
-            else:
-                future.set_result(reply)
-
-
 class IdempotencyStore:
     """Reads and writes idempotency records; the retention restarts with every write."""
 
@@ -166,7 +105,7 @@ class IdempotencyStore:
         self._claim = redis.register_script(_CLAIM_LUA)
         self._write_script = redis.register_script(_WRITE_LUA)
         self._mark_once = redis.register_script(_MARK_ONCE_LUA)
-        self._batcher = _Batcher(redis)
+        self._batcher = RedisBatcher(redis)
         self._event_ids: dict[str, str] = {}
 
     def key(self, idempotency_key: str) -> str:
@@ -196,7 +135,7 @@ class IdempotencyStore:
         cost_estimate: float | None,
         submitted_at: str,
     ) -> None:
-        fields = {"state": "submitted", "task_id": task_id, "submitted_at": submitted_at}
+        fields = {"state": KeyState.SUBMITTED, "task_id": task_id, "submitted_at": submitted_at}
         if request_id is not None:
             fields["request_id"] = request_id
         if cost_estimate is not None:
@@ -218,14 +157,16 @@ class IdempotencyStore:
 
     async def mark_terminal(self, idempotency_key: str, result_json: bytes) -> None:
         """The result is known: kept (as its published JSON) until it is published."""
-        await self._write(idempotency_key, {"state": "terminal", "result": result_json.decode()})
+        await self._write(
+            idempotency_key, {"state": KeyState.TERMINAL, "result": result_json.decode()}
+        )
 
     async def mark_published(self, idempotency_key: str) -> None:
-        await self._write(idempotency_key, {"state": "published"})
+        await self._write(idempotency_key, {"state": KeyState.PUBLISHED})
 
     async def mark_rejected(self, idempotency_key: str, result: ResultRecord) -> None:
         await self._write(
-            idempotency_key, {"state": "rejected", "result": result.model_dump_json()}
+            idempotency_key, {"state": KeyState.REJECTED, "result": result.model_dump_json()}
         )
 
     async def first_time(self, idempotency_key: str, marker: str) -> bool:
@@ -237,6 +178,24 @@ class IdempotencyStore:
             lambda pipe: self._mark_once(keys=keys, args=args, client=pipe)
         )
         return bool(added)
+
+    async def refusal_status(self, idempotency_key: str, marker: str) -> RefusalStatus:
+        """Whether a rejection decided without a claim (from the record alone) may be published:
+        ``in_use`` when a request owns the key (``IN_USE_STATES``: the record is dead-lettered
+        instead), ``seen`` when it was published before (``first_time`` remembered it), else
+        ``new``."""
+        key = self.key(idempotency_key)
+        state, seen = await self._batcher.call(
+            lambda pipe: pipe.hmget(key, ["state", f"seen:{marker}"])
+        )
+        if state is not None and _text(state) in IN_USE_STATES:
+            return "in_use"
+        return "seen" if seen is not None else "new"
+
+    async def seen(self, idempotency_key: str, marker: str) -> bool:
+        """Whether ``first_time`` remembered ``marker`` for this key."""
+        key = self.key(idempotency_key)
+        return bool(await self._batcher.call(lambda pipe: pipe.hexists(key, f"seen:{marker}")))
 
     async def get(self, idempotency_key: str) -> IdempotencyRecord | None:
         key = self.key(idempotency_key)
@@ -259,7 +218,7 @@ def _record(fields: dict[str, str]) -> IdempotencyRecord:
     result = fields.get("result")
     estimate = fields.get("cost_estimate")
     return IdempotencyRecord(
-        state=fields.get("state", "claimed"),
+        state=KeyState(fields.get("state", KeyState.CLAIMED)),
         task_id=fields.get("task_id"),
         request_id=fields.get("request_id"),
         last_event_id=fields.get("last_event_id"),

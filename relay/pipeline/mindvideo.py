@@ -1,8 +1,10 @@
 """The MindVideo HTTP client: submit, snapshot and event stream, with errors sorted by next step.
 
 Transient failures (timeouts, connection errors, 5xx, 408, 429 and a 409 that is not an idempotency
-conflict) are retried with capped, jittered exponential backoff and ``Retry-After``; the
-``Idempotency-Key`` header makes a retried submit safe. 401/402/403 raise ``OperatorError``; any
+conflict) are retried up to ``max_attempts`` tries per call by the relay's one ``RetryPolicy``
+(capped, jittered exponential backoff, ``Retry-After`` honoured, counted); then the caller (the
+request lifecycle) holds the request and tries again. The ``Idempotency-Key`` header makes a
+retried submit safe. 401/402/403 raise ``OperatorError``; any
 other 4xx raises ``RequestRejected`` carrying MindVideo's own code and message.
 """
 
@@ -22,6 +24,7 @@ from relay.exceptions import OperatorError, RequestRejected, RetryableError, Str
 from relay.metrics import RelayMetrics
 from relay.models import SubmitBody, TaskSnapshot
 from relay.pipeline.sse import ServerSentEvent, SSEParser
+from relay.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
 
@@ -77,10 +80,15 @@ class MindVideoClient:
         self._base = base_url.rstrip("/") + "/api/v1"
         self._headers = {"Authorization": f"Bearer {api_key}", "Accept": "application/json"}
         self._metrics = metrics
-        self._backoff = backoff
-        self._max_attempts = max_attempts
+        self._retry = RetryPolicy(
+            backoff,
+            metrics.retries,
+            scope="mindvideo",
+            max_attempts=max_attempts,
+            outages_unbounded=False,
+            sleep=sleep,
+        )
         self._timeout = aiohttp.ClientTimeout(total=request_timeout_s)
-        self._sleep = sleep
 
     async def submit(
         self, idempotency_key: str, model: str, payload: dict[str, Any]
@@ -151,16 +159,15 @@ class MindVideoClient:
             try:
                 return await once()
             except RetryableError as exc:
-                if attempt >= self._max_attempts:
+                if not self._retry.allows(attempt, exc):
                     raise
-                delay = self._backoff.delay_s(attempt, exc.retry_after_s)
                 self._metrics.mindvideo_retries.labels(operation).inc()
                 log.info(
                     "mindvideo %s failed, retrying",
                     operation,
-                    extra={"attempt": attempt, "delay_s": round(delay, 3), "reason": str(exc)},
+                    extra={"attempt": attempt, "reason": str(exc)},
                 )
-                await self._sleep(delay)
+                await self._retry.pause(attempt, exc)
                 attempt += 1
 
     async def _call(
@@ -180,20 +187,25 @@ class MindVideoClient:
                 retry_after = parse_retry_after(resp.headers.get("Retry-After"))
         except (aiohttp.ClientError, TimeoutError) as exc:
             self._metrics.mindvideo_responses.labels(operation, "error").inc()
-            raise RetryableError(f"{method} {url}: {exc!r}") from exc
+            raise RetryableError(f"{method} {url}: {exc!r}", reason="network") from exc
         self._metrics.mindvideo_responses.labels(operation, _code_class(status)).inc()
         if 200 <= status < 300:
             try:
                 return json.loads(raw)
             except ValueError as exc:
-                raise RetryableError(f"{operation}: MindVideo answered non-JSON {status}") from exc
+                raise RetryableError(
+                    f"{operation}: MindVideo answered non-JSON {status}", reason="bad_response"
+                ) from exc
         code, message = _error_fields(raw, status)
         if status in OPERATOR_STATUSES:
             raise OperatorError(status, message)
         if status == 409 and code == "idempotency_conflict":
             raise RequestRejected("idempotency_conflict", message)
         if status >= 500 or status in RETRYABLE_4XX:
-            raise RetryableError(f"{operation}: {status} {code}", retry_after_s=retry_after)
+            reason = "http_5xx" if status >= 500 else "http_429" if status == 429 else "http_4xx"
+            raise RetryableError(
+                f"{operation}: {status} {code}", retry_after_s=retry_after, reason=reason
+            )
         raise RequestRejected(code, message)
 
 
@@ -210,4 +222,6 @@ def _snapshot(data: Any) -> TaskSnapshot:
     try:
         return TaskSnapshot.model_validate(data)
     except ValidationError as exc:
-        raise RetryableError(f"unreadable task snapshot: {exc.error_count()} errors") from exc
+        raise RetryableError(
+            f"unreadable task snapshot: {exc.error_count()} errors", reason="bad_response"
+        ) from exc

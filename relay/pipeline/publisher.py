@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from aiokafka import AIOKafkaProducer
 
 from relay.metrics import RelayMetrics
@@ -10,6 +12,7 @@ from relay.pipeline.consumer import SourceRecord
 
 PRODUCER_LINGER_MS = 2
 WEBHOOK_URL_HEADER = "webhook-url"
+MAX_HEADER_BYTES = 1000
 
 
 class ResultPublisher:
@@ -49,20 +52,36 @@ class ResultPublisher:
         )
         self._metrics.results_published.labels(result.type).inc()
 
-    async def dead_letter(self, source: SourceRecord, reason: str, message: str) -> None:
-        """Copy the original record unchanged, with Kafka Connect-style context headers."""
+    async def dead_letter(
+        self,
+        source: SourceRecord,
+        reason: str,
+        message: str,
+        *,
+        value: bytes | None,
+        extra_headers: Sequence[tuple[str, str]] = (),
+    ) -> None:
+        """Write ``value`` (the original record's bytes, or what stands for them) under the
+        original key, with Kafka Connect-style context headers; ``reason`` is from a closed set
+        (it labels ``relay_records_dead_lettered_total``)."""
         headers = [
             ("error.reason", reason.encode()),
-            ("error.message", message.encode("utf-8", "replace")[:1000]),
+            ("error.message", _capped(message)),
             ("original.topic", source.topic.encode()),
             ("original.partition", str(source.partition).encode()),
             ("original.offset", str(source.offset).encode()),
             ("original.timestamp", str(source.timestamp_ms).encode()),
+            *((name, _capped(text)) for name, text in extra_headers),
         ]
         await self._producer.send_and_wait(
-            self._dead_letter_topic, value=source.value, key=source.key, headers=headers
+            self._dead_letter_topic, value=value, key=source.key, headers=headers
         )
         self._metrics.dead_lettered.labels(reason).inc()
+
+
+def _capped(text: str) -> bytes:
+    """A header value of at most ``MAX_HEADER_BYTES`` (a lone surrogate cannot break it)."""
+    return text.encode("utf-8", "replace")[:MAX_HEADER_BYTES]
 
 
 def build_producer(

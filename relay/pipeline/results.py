@@ -18,28 +18,59 @@ from relay.models import (
 from relay.pipeline.idempotency import IdempotencyRecord
 
 FOLLOW_TIMEOUT_CODE = "relay_follow_timeout"
+TASK_LOST_CODE = "task_lost"
 
 
 def terminal_result(
+    key: str, request: RequestRecord, known: IdempotencyRecord, snapshot: TaskSnapshot
+) -> ResultRecord:
+    """The result of a task that ended: status, output, error and cost from MindVideo."""
+    status = snapshot.status
+    error = task_error(snapshot.error) if status != "succeeded" else None
+    return _result(
+        key,
+        request,
+        known,
+        status=status,
+        output=snapshot.output,
+        error=error,
+        cost_actual=snapshot.cost_actual,
+        request_id=snapshot.request_id or known.request_id,
+        completed_at=completed_at_of(snapshot),
+    )
+
+
+def failed_result(
+    key: str, request: RequestRecord, known: IdempotencyRecord, code: str, message: str
+) -> ResultRecord:
+    """A ``task.failed`` the relay decides for a submitted task that will not end by itself:
+    ``relay_follow_timeout`` (not terminal ``RELAY_TASK_TIMEOUT_S`` after its submit) or
+    ``task_lost`` (MindVideo no longer knows it). Its actual cost is unknown (``null``)."""
+    return _result(
+        key,
+        request,
+        known,
+        status="failed",
+        output=None,
+        error=ResultError(code=code, message=message),
+        cost_actual=None,
+        request_id=known.request_id,
+        completed_at=utc_now_iso(),
+    )
+
+
+def _result(
     key: str,
     request: RequestRecord,
     known: IdempotencyRecord,
-    snapshot: TaskSnapshot | None,
     *,
-    timeout_message: str = "",
+    status: str,
+    output: dict[str, Any] | None,
+    error: ResultError | None,
+    cost_actual: float | None,
+    request_id: str | None,
+    completed_at: str,
 ) -> ResultRecord:
-    """The result of a task that ended (``snapshot``), or that the relay stopped following after
-    ``RELAY_TASK_TIMEOUT_S`` (``snapshot`` is ``None``: published as failed, with
-    ``error.code = "relay_follow_timeout"``)."""
-    if snapshot is None:
-        status, output, cost_actual = "failed", None, None
-        error: ResultError | None = ResultError(code=FOLLOW_TIMEOUT_CODE, message=timeout_message)
-        request_id, completed_at = known.request_id, utc_now_iso()
-    else:
-        status, output, cost_actual = snapshot.status, snapshot.output, snapshot.cost_actual
-        error = task_error(snapshot.error) if status != "succeeded" else None
-        request_id = snapshot.request_id or known.request_id
-        completed_at = completed_at_of(snapshot)
     result_type = f"task.{status}"
     return ResultRecord.model_validate(
         {

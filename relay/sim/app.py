@@ -33,6 +33,9 @@ Guesses (where MindVideo's API page is silent, this is what the simulator does):
   ``Last-Event-ID`` always gets the terminal event eventually.
 - ``failure_rate`` can be changed at run time with the faults; queued/processing durations
   cannot. ``POST /_sim/reset`` also clears request stats; keys and faults survive it.
+- ``POST /_sim/forget {"task_ids": [...]}`` makes MindVideo forget tasks (a purge, a key moved to
+  another account): they answer 404, their event streams end without a terminal event, their
+  idempotency keys are free again; their charges stay on the ledger (status ``unknown``).
 - Unknown routes answer 404 ``not_found`` and wrong methods 405 ``method_not_allowed``.
 """
 
@@ -86,6 +89,7 @@ def build_app(config: SimConfig, *, clock: Clock | None = None) -> web.Applicati
     app.router.add_get("/_sim/keys", internal.get_keys)
     app.router.add_post("/_sim/keys", internal.post_keys)
     app.router.add_post("/_sim/reset", internal.post_reset)
+    app.router.add_post("/_sim/forget", internal.post_forget)
     app.router.add_get("/_sim/stats", internal.get_stats)
     app.router.add_get(IMAGE_ROUTE_PATTERN, internal.get_image)
     return app

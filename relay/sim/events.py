@@ -3,8 +3,9 @@
 The stream starts with ``retry: 1000``, replays every change so far (or only those after
 ``Last-Event-ID``), then sleeps until the next planned change, a cancel, or the keep-alive
 deadline, whichever comes first. Each change is one event: ``id: <seq>``, ``event: <status>``,
-``data: <snapshot JSON>``. The response ends after the terminal event. A stream chosen for a
-drop is closed without its final chunk just before it would send the terminal event.
+``data: <snapshot JSON>``. The response ends after the terminal event, or at once without one when
+the task is forgotten (``POST /_sim/forget``). A stream chosen for a drop is closed without its
+final chunk just before it would send the terminal event.
 """
 
 from __future__ import annotations
@@ -81,6 +82,9 @@ class _EventStream:
         keepalive_s = self._state.config.keepalive_s
         sent = 0
         while True:
+            if not self._state.store.knows(self._task):
+                await self._response.write_eof()
+                return
             now_s = self._state.now()
             for event in self._task.events(now_s):
                 if event.seq <= after:

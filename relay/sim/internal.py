@@ -108,6 +108,17 @@ async def post_reset(request: web.Request) -> web.StreamResponse:
     return web.json_response({"reset": True})
 
 
+async def post_forget(request: web.Request) -> web.StreamResponse:
+    """``POST /_sim/forget`` ``{"task_ids": [...]}``: MindVideo stops knowing these tasks, as
+    after a purge: 404 from then on and open event streams end. Charges stay on the ledger."""
+    body = await read_json_object(request)
+    task_ids = body.get("task_ids")
+    if not isinstance(task_ids, list) or not all(isinstance(t, str) for t in task_ids):
+        raise ApiError(422, "invalid_request", "task_ids: a list of task ids is required")
+    store = request.app[STATE].store
+    return web.json_response({"forgotten": [t for t in task_ids if store.forget(t)]})
+
+
 async def get_stats(request: web.Request) -> web.StreamResponse:
     """``GET /_sim/stats``: tasks by current status and requests by endpoint and status code."""
     state = request.app[STATE]

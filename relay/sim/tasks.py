@@ -147,6 +147,22 @@ class TaskStore:
             wake.set()
         return True
 
+    def forget(self, task_id: str) -> bool:
+        """Forget one task as a purge would: 404 from now on, its idempotency key free again,
+        and every stream following it ends (without a terminal event)."""
+        task = self.tasks.pop(task_id, None)
+        if task is None:
+            return False
+        if task.idempotency_key is not None:
+            self._by_idempotency.pop((task.api_key, task.idempotency_key), None)
+        for wake in self._listeners.get(task_id, ()):
+            wake.set()
+        return True
+
+    def knows(self, task: Task) -> bool:
+        """Whether ``task`` is still one of the store's (not forgotten or cleared)."""
+        return self.tasks.get(task.task_id) is task
+
     def listen(self, task_id: str) -> asyncio.Event:
         """An event set when the task changes out of plan; only open streams hold one."""
         wake = asyncio.Event()

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from relay.models import RequestRecord, TaskSnapshot, event_id_for
-from relay.pipeline.idempotency import IdempotencyRecord
-from relay.pipeline.results import completed_at_of, task_error, terminal_result
+from relay.pipeline.idempotency import IdempotencyRecord, KeyState
+from relay.pipeline.results import completed_at_of, failed_result, task_error, terminal_result
 
 MODEL = "apimart-doubao-seedance-4-0"
 REQUEST = RequestRecord(model=MODEL, input={"prompt": "x"}, metadata={"order": "1"})
 KNOWN = IdempotencyRecord(
-    state="submitted",
+    state=KeyState.SUBMITTED,
     task_id="task_1",
     request_id="req_1",
     cost_estimate=0.0252,
@@ -48,11 +48,25 @@ def test_failed_snapshot_with_a_string_error() -> None:
 
 
 def test_follow_timeout_is_a_failed_result_with_its_own_code() -> None:
-    result = terminal_result("k", REQUEST, KNOWN, None, timeout_message="not terminal after 6h")
+    result = failed_result("k", REQUEST, KNOWN, "relay_follow_timeout", "not terminal after 6h")
     assert result.status == "failed"
     assert result.error is not None
     assert result.error.code == "relay_follow_timeout"
     assert result.task_id == "task_1"
+
+
+def test_a_lost_task_is_a_failed_result_with_unknown_cost() -> None:
+    result = failed_result("k", REQUEST, KNOWN, "task_lost", "404 task_not_found")
+    assert (result.type, result.status, result.event_id) == (
+        "task.failed",
+        "failed",
+        event_id_for("k", "task.failed"),
+    )
+    assert result.error is not None
+    assert (result.error.code, result.error.message) == ("task_lost", "404 task_not_found")
+    assert (result.cost_estimate, result.cost_actual) == (0.0252, None)
+    assert (result.request_id, result.submitted_at) == ("req_1", "2026-11-25T19:00:00.000Z")
+    assert result.metadata == {"order": "1"}
 
 
 def test_error_and_time_shapes() -> None:

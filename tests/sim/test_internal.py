@@ -1,7 +1,10 @@
-"""The /_sim/ control surface (ledger, stats, reset) and the JSON shape of unknown routes."""
+"""The /_sim/ control surface (ledger, stats, reset, forget), and the JSON of unknown routes."""
 
 from __future__ import annotations
 
+import asyncio
+
+from tests.sim.conftest import SimFactory
 from tests.sim.helpers import (
     KEY,
     FakeClock,
@@ -112,3 +115,32 @@ async def test_every_response_has_its_own_request_id(sim: SimClient) -> None:
     ]
     ids = [resp.headers["X-Request-Id"] for resp in responses]
     assert len(set(ids)) == len(ids)
+
+
+async def test_forget_makes_a_task_unknown_and_ends_its_stream(make_sim: SimFactory) -> None:
+    sim = await make_sim(real_clock=True, queued_s=30, processing_s=30)
+    task = await submit_ok(sim, idempotency_key="order-1")
+    other = await submit_ok(sim)
+    stream = await sim.get(f"/api/v1/tasks/{task['task_id']}/events", headers=auth())
+    await stream.content.readuntil(b"event: queued")
+
+    resp = await sim.post("/_sim/forget", json={"task_ids": [task["task_id"], "task_nope"]})
+    assert resp.status == 200
+    assert await resp.json() == {"forgotten": [task["task_id"]]}
+    rest = await asyncio.wait_for(stream.content.read(), timeout=1)
+    assert b"event:" not in rest, "the stream ends without a terminal event"
+    lookup = await sim.get(f"/api/v1/tasks/{task['task_id']}", headers=auth())
+    assert lookup.status == 404
+    assert (await lookup.json())["error"]["code"] == "task_not_found"
+    assert (await sim.get(f"/api/v1/tasks/{other['task_id']}", headers=auth())).status == 200
+    book = await ledger(sim)
+    assert book["count"] == 2, "charges stay on the ledger"
+    assert {c["status"] for c in book["charges"] if c["task_id"] == task["task_id"]} == {"unknown"}
+    again = await submit_ok(sim, idempotency_key="order-1")
+    assert again["task_id"] != task["task_id"], "the idempotency key is free again"
+
+
+async def test_forget_needs_a_list_of_task_ids(sim: SimClient) -> None:
+    resp = await sim.post("/_sim/forget", json={"task_ids": "task_x"})
+    assert resp.status == 422
+    assert (await resp.json())["error"]["code"] == "invalid_request"

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from tests.support.services import ManagedProcess, TopicFactory, free_port, wait_for_port
 
@@ -117,19 +117,39 @@ class Pipeline:
     async def sim_post(self, path: str, body: dict[str, Any]) -> Any:
         return await self._sim("POST", path, body)
 
-    async def produce(self, records: Sequence[tuple[bytes | None, bytes]]) -> float:
-        """Produce the records; returns the time the first was sent (``time.monotonic``)."""
+    async def produce(
+        self, records: Sequence[tuple[bytes | None, bytes]], *, partition: int | None = None
+    ) -> float:
+        """Produce the records (all to ``partition`` when given, else by key); returns the time
+        the first was sent (``time.monotonic``)."""
         producer = AIOKafkaProducer(
             bootstrap_servers=self.bootstrap, enable_idempotence=self.enable_idempotence
         )
         await producer.start()
         started = time.monotonic()
         try:
-            sends = [await producer.send(self.requests_topic, value=v, key=k) for k, v in records]
+            sends = [
+                await producer.send(self.requests_topic, value=v, key=k, partition=partition)
+                for k, v in records
+            ]
             await asyncio.gather(*sends)
         finally:
             await producer.stop()
         return started
+
+    async def committed(self, partition: int) -> int | None:
+        """The relay group's committed offset of a requests partition (read without joining)."""
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap, group_id=self.group_id, enable_auto_commit=False
+        )
+        await consumer.start()
+        try:
+            offset: int | None = await consumer.committed(
+                TopicPartition(self.requests_topic, partition)
+            )
+            return offset
+        finally:
+            await consumer.stop()
 
     async def results(
         self,

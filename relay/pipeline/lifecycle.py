@@ -1,0 +1,154 @@
+"""The request lifecycle as a state machine: its stages, the errors each stage may raise, and the
+one table that says what every (stage, error) pair leads to.
+
+A record moves through the stages in order; each stage is one step (``relay.pipeline.steps``) and
+returns the next stage::
+
+    DECODE ─► REFUSE ─────────────────────────────────────────► DONE   (a record-level rejection)
+       └────► CLAIM ─► SUBMIT ─► FOLLOW ─► PUBLISH ─► MARK ─► DONE
+                 └──────────────────────────► PUBLISH                   (conflict, stored result)
+
+A claim resumes where the key's Redis state (``KeyState``) says the request stands: ``claimed`` →
+SUBMIT, ``submitted`` → FOLLOW, ``terminal`` → PUBLISH, ``published``/``rejected`` → DONE.
+
+When a step raises, the error's class is sorted into an ``ErrorKind`` and ``TABLE`` gives the
+``Action``; the dispatcher (``relay.pipeline.processor``) carries it out. A kind a stage does not
+declare is ``UNEXPECTED`` there: a bug or a record the relay cannot carry, tried again up to
+``RELAY_RECORD_MAX_ATTEMPTS`` times in all, then dead-lettered with reason ``internal_error``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum, StrEnum
+
+from relay.exceptions import FollowTimeout, OperatorError, RequestRejected
+from relay.models import RequestRecord, ResultError, ResultRecord
+from relay.pipeline.consumer import SourceRecord
+from relay.pipeline.decode import DeadLetter
+from relay.pipeline.idempotency import IdempotencyRecord, KeyState
+from relay.pipeline.results import FOLLOW_TIMEOUT_CODE, TASK_LOST_CODE
+from relay.retry import is_outage
+
+INTERNAL_ERROR_REASON = "internal_error"
+KEY_IN_USE_REASON = "key_in_use"
+
+
+class Stage(StrEnum):
+    """Where one record stands in this process; each stage is one step."""
+
+    DECODE = "decode"  # the record's bytes → a request, a rejection or a dead letter
+    REFUSE = "refuse"  # publish a rejection decided from the record alone (or dead-letter it)
+    CLAIM = "claim"  # claim the key in Redis, or learn where its request stands
+    SUBMIT = "submit"  # create the task (Idempotency-Key) and record it, as one piece
+    FOLLOW = "follow"  # follow the task to its end; store the result
+    PUBLISH = "publish"  # write the result to the results topic
+    MARK = "mark"  # record in Redis that the result is published
+    DONE = "done"
+
+
+class ErrorKind(StrEnum):
+    """What an error means for the request, whatever raised it."""
+
+    OUTAGE = "outage"  # MindVideo, Redis or Kafka unavailable: network, 5xx, 429, ...
+    CREDENTIALS = "credentials"  # MindVideo refuses the operator's key or credit: 401/402/403
+    REFUSED = "refused"  # MindVideo's final 4xx (RequestRejected)
+    TIMED_OUT = "timed_out"  # the task is not terminal RELAY_TASK_TIMEOUT_S after its submit
+    UNEXPECTED = "unexpected"  # anything else
+
+
+class Action(Enum):
+    """What the dispatcher does next."""
+
+    RETRY = "retry"  # back off (jittered, counted) and run the step again, for as long as it lasts
+    CLOSE_GATE = "close gate"  # close the credentials gate, wait until it opens, run the step again
+    REJECT = "reject"  # publish request.rejected with MindVideo's code (nothing was charged)
+    FAIL = "fail"  # publish task.failed with the outcome's code
+    DEAD_LETTER = "dead-letter"  # retry (bounded), then dead-letter the record as internal_error
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    action: Action
+    code: str | None = None  # the result's error.code for FAIL
+
+
+RETRY = Outcome(Action.RETRY)
+CLOSE_GATE = Outcome(Action.CLOSE_GATE)
+DEAD_LETTER = Outcome(Action.DEAD_LETTER)
+
+# The one table. A stage's row lists the error kinds its step declares; anything else is
+# UNEXPECTED there (→ DEAD_LETTER).
+TABLE: dict[Stage, dict[ErrorKind, Outcome]] = {
+    Stage.DECODE: {},
+    Stage.REFUSE: {ErrorKind.OUTAGE: RETRY},
+    Stage.CLAIM: {ErrorKind.OUTAGE: RETRY},
+    Stage.SUBMIT: {
+        ErrorKind.OUTAGE: RETRY,
+        ErrorKind.CREDENTIALS: CLOSE_GATE,
+        ErrorKind.REFUSED: Outcome(Action.REJECT),
+    },
+    Stage.FOLLOW: {
+        ErrorKind.OUTAGE: RETRY,
+        ErrorKind.CREDENTIALS: CLOSE_GATE,
+        # MindVideo answers 404 (or another final 4xx) for the task it created: purged, or the
+        # key was rotated to another account. It will never end; following it again is futile.
+        ErrorKind.REFUSED: Outcome(Action.FAIL, TASK_LOST_CODE),
+        ErrorKind.TIMED_OUT: Outcome(Action.FAIL, FOLLOW_TIMEOUT_CODE),
+    },
+    Stage.PUBLISH: {ErrorKind.OUTAGE: RETRY},
+    Stage.MARK: {ErrorKind.OUTAGE: RETRY},
+    Stage.DONE: {},
+}
+
+# Stages that talk to MindVideo wait while the credentials gate is closed.
+NEEDS_MINDVIDEO = frozenset({Stage.SUBMIT, Stage.FOLLOW})
+
+
+def classify(exc: BaseException) -> ErrorKind:
+    """The kind of an error, by its class (``relay.exceptions`` and the clients' own)."""
+    if isinstance(exc, OperatorError):
+        return ErrorKind.CREDENTIALS
+    if isinstance(exc, RequestRejected):
+        return ErrorKind.REFUSED
+    if isinstance(exc, FollowTimeout):
+        return ErrorKind.TIMED_OUT
+    if is_outage(exc):
+        return ErrorKind.OUTAGE
+    return ErrorKind.UNEXPECTED
+
+
+def outcome_for(stage: Stage, exc: BaseException) -> Outcome:
+    """What ``exc`` raised by ``stage``'s step leads to."""
+    return TABLE[stage].get(classify(exc), DEAD_LETTER)
+
+
+@dataclass(slots=True)
+class Work:
+    """One record on its way through the stages."""
+
+    source: SourceRecord  # where it came from (its bytes taken out into ``raw``)
+    raw: bytes | None  # the record's bytes, kept only until they are decoded into a request
+    key: str | None = None
+    request: RequestRecord | None = None
+    webhook_url: str | None = None
+    refusal: ResultRecord | None = None  # a rejection decided from the record alone
+    undecodable: DeadLetter | None = None  # why the record cannot be decoded at all
+    known: IdempotencyRecord | None = None  # the task, once submitted
+    last_event_id: str | None = None
+    decided: ResultError | None = None  # a REJECT or FAIL outcome, made into a result at PUBLISH
+    result: ResultRecord | None = None
+    body: bytes | None = None  # the result as stored in Redis, published byte for byte
+    marker: str | None = None  # remembered once published, so a replay does not publish again
+    mark: KeyState | None = None  # the key's state once the result is published
+    submit_started_s: float | None = None
+    failures: int = 0  # unexpected errors so far (bounded by RELAY_RECORD_MAX_ATTEMPTS)
+    outages: int = 0  # outage retries of the current step (the backoff grows with them)
+
+    def reject(self, code: str, message: str) -> None:
+        """MindVideo refused the request for good: publish ``request.rejected``."""
+        self.decided, self.mark = ResultError(code=code, message=message), KeyState.REJECTED
+
+    def fail(self, code: str, message: str) -> None:
+        """The submitted task will not end by itself: publish ``task.failed``."""
+        self.decided, self.mark = ResultError(code=code, message=message), KeyState.PUBLISHED

@@ -1,0 +1,289 @@
+"""One step per lifecycle stage (``relay.pipeline.lifecycle.Stage``), each returning the next.
+
+A step does its work and raises whatever goes wrong; it never decides what an error leads to:
+that is the lifecycle table's, carried out by the dispatcher (``relay.pipeline.processor``).
+Everything a record carries from one step to the next is in its ``Work``
+(``relay.pipeline.lifecycle``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import TypeVar
+
+from relay.models import (
+    DEFAULT_MAX_JSON_DEPTH,
+    ResultRecord,
+    payload_fingerprint,
+    rejection,
+    utc_now_iso,
+)
+from relay.pipeline.decode import DeadLetter, Rejected, decode_request
+from relay.pipeline.follower import TaskFollower
+from relay.pipeline.handover import Handover
+from relay.pipeline.idempotency import IdempotencyRecord, IdempotencyStore, KeyState
+from relay.pipeline.lifecycle import INTERNAL_ERROR_REASON, KEY_IN_USE_REASON, Stage, Work
+from relay.pipeline.mindvideo import MindVideoClient
+from relay.pipeline.outcomes import OutcomeRecorder
+from relay.pipeline.publisher import ResultPublisher
+from relay.pipeline.results import failed_result, terminal_result
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+Step = Callable[[Work], Awaitable[Stage]]
+
+
+class RequestSteps:
+    """The steps, with the components they use; ``run`` runs the one for a stage."""
+
+    def __init__(
+        self,
+        *,
+        store: IdempotencyStore,
+        client: MindVideoClient,
+        follower: TaskFollower,
+        publisher: ResultPublisher,
+        outcomes: OutcomeRecorder,
+        handover: Handover,
+        max_record_bytes: int,
+        max_metadata_bytes: int,
+        task_timeout_s: float,
+        max_json_depth: int = DEFAULT_MAX_JSON_DEPTH,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self._client = client
+        self._follower = follower
+        self._publisher = publisher
+        self._outcomes = outcomes
+        self._handover = handover
+        self._max_record_bytes = max_record_bytes
+        self._max_metadata_bytes = max_metadata_bytes
+        self._max_json_depth = max_json_depth
+        self._task_timeout_s = task_timeout_s
+        self._wall_clock = wall_clock
+        self._steps: dict[Stage, Step] = {
+            Stage.DECODE: self.decode,
+            Stage.REFUSE: self.refuse,
+            Stage.CLAIM: self.claim,
+            Stage.SUBMIT: self.submit,
+            Stage.FOLLOW: self.follow,
+            Stage.PUBLISH: self.publish,
+            Stage.MARK: self.mark,
+        }
+
+    async def run(self, stage: Stage, work: Work) -> Stage:
+        return await self._steps[stage](work)
+
+    async def decode(self, work: Work) -> Stage:
+        decoded = decode_request(
+            work.source.key,
+            work.raw,
+            max_record_bytes=self._max_record_bytes,
+            max_metadata_bytes=self._max_metadata_bytes,
+            max_json_depth=self._max_json_depth,
+        )
+        if isinstance(decoded, DeadLetter):
+            work.undecodable, work.refusal = decoded, decoded.rejected
+        elif isinstance(decoded, Rejected):
+            work.refusal, work.webhook_url = decoded.result, decoded.webhook_url
+        else:
+            work.key, work.request = decoded.idempotency_key, decoded.record
+            work.webhook_url = decoded.record.webhook_url
+            work.raw = None  # from here on the decoded request stands for the bytes
+            return Stage.CLAIM
+        if work.refusal is not None:
+            work.key = work.refusal.idempotency_key
+        return Stage.REFUSE
+
+    async def refuse(self, work: Work) -> Stage:
+        """Dead-letter what cannot be decoded; publish a rejection decided from the record
+        alone once per key and reason, unless a request owns the key (tenants kept apart)."""
+        dead, refusal = work.undecodable, work.refusal
+        if refusal is None or refusal.error is None:
+            assert dead is not None
+            await self._dead_letter(work, dead.reason, dead.message)
+            return Stage.DONE
+        code, message = refusal.error.code, refusal.error.message
+        digest = hashlib.sha256(f"{code}\x00{message}".encode()).hexdigest()[:32]
+        marker = f"rejected:{digest}"
+        status = await self._store.refusal_status(refusal.idempotency_key, marker)
+        if status == "in_use":
+            await self._dead_letter(
+                work,
+                KEY_IN_USE_REASON,
+                f"the idempotency key belongs to a request already accepted; this record "
+                f"would have been rejected with {code}: {message}",
+                extra=[("rejection.code", code)],
+            )
+            return Stage.DONE
+        if dead is not None:
+            await self._dead_letter(work, dead.reason, dead.message)
+        if status == "seen":
+            self._outcomes.dedupe("rejected")
+            return Stage.DONE
+        work.result, work.marker = refusal, marker
+        return Stage.PUBLISH
+
+    async def claim(self, work: Work) -> Stage:
+        key, rec = _require(work.key), _require(work.request)
+        fingerprint = payload_fingerprint(rec.model, rec.input)
+        claim = await self._store.claim(key, fingerprint, rec.model, utc_now_iso())
+        if claim.outcome == "conflict":
+            marker = f"conflict:{fingerprint}"
+            if await self._store.seen(key, marker):
+                self._outcomes.dedupe("rejected")
+                return Stage.DONE
+            work.result = rejection(
+                key,
+                "idempotency_conflict",
+                "this idempotency key was already used with a different model or input",
+                model=rec.model,
+                metadata=rec.metadata,
+            )
+            work.marker = marker
+            return Stage.PUBLISH
+        known = claim.record
+        if known is None:
+            return Stage.SUBMIT
+        if known.state in (KeyState.PUBLISHED, KeyState.REJECTED):
+            self._outcomes.dedupe("published")
+            log.info("duplicate request, result already published", extra={"idempotency_key": key})
+            return Stage.DONE
+        if known.state == KeyState.TERMINAL and known.result is not None:
+            self._outcomes.dedupe("terminal")
+            work.result, work.mark = known.result, KeyState.PUBLISHED
+            return Stage.PUBLISH
+        if known.state == KeyState.SUBMITTED and known.task_id is not None:
+            self._outcomes.dedupe("resumed")
+            log.info("resuming task", extra={"idempotency_key": key, "task_id": known.task_id})
+            work.known, work.last_event_id = known, known.last_event_id
+            return Stage.FOLLOW
+        self._outcomes.dedupe("resubmitted")
+        return Stage.SUBMIT
+
+    async def submit(self, work: Work) -> Stage:
+        """Create the task and record it as one piece (never cut apart by a handover)."""
+        key, rec = _require(work.key), _require(work.request)
+        if work.submit_started_s is None:
+            work.submit_started_s = time.monotonic()
+        async with self._handover.submit_section():
+            snapshot = await self._client.submit(key, rec.model, rec.input)
+            submitted_at = utc_now_iso()
+            await self._store.mark_submitted(
+                key,
+                task_id=snapshot.task_id,
+                request_id=snapshot.request_id,
+                cost_estimate=snapshot.cost_estimate,
+                submitted_at=submitted_at,
+            )
+        self._outcomes.submitted(rec.model, snapshot, time.monotonic() - work.submit_started_s)
+        log.info("task submitted", extra={"idempotency_key": key, "task_id": snapshot.task_id})
+        work.known = IdempotencyRecord(
+            state=KeyState.SUBMITTED,
+            task_id=snapshot.task_id,
+            request_id=snapshot.request_id,
+            cost_estimate=snapshot.cost_estimate,
+            submitted_at=submitted_at,
+        )
+        return Stage.FOLLOW
+
+    async def follow(self, work: Work) -> Stage:
+        """Follow the task to its end, for what is left of its time since the submit."""
+        key, rec, known = _require(work.key), _require(work.request), _require(work.known)
+        task_id = _require(known.task_id)
+
+        async def remember(event_id: str) -> None:
+            work.last_event_id = event_id
+            await self._store.mark_event(key, event_id)
+
+        snapshot = await self._follower.follow(
+            task_id, work.last_event_id, remember, timeout_s=self.time_left_s(known)
+        )
+        result = terminal_result(key, rec, known, snapshot)
+        body = result.to_json_bytes()  # encoded once: stored, then published as is
+        await self._store.mark_terminal(key, body)
+        work.result, work.body, work.mark = result, body, KeyState.PUBLISHED
+        return Stage.PUBLISH
+
+    async def publish(self, work: Work) -> Stage:
+        if work.result is None:
+            work.result = self._decided_result(work)
+        await self._publisher.publish(work.result, webhook_url=work.webhook_url, body=work.body)
+        self._outcomes.published(work.result, work.source.timestamp_ms)
+        return Stage.MARK
+
+    async def mark(self, work: Work) -> Stage:
+        key, result = _require(work.key), _require(work.result)
+        if work.marker is not None:
+            await self._store.first_time(key, work.marker)
+        if work.mark == KeyState.PUBLISHED:
+            await self._store.mark_published(key)
+        elif work.mark == KeyState.REJECTED:
+            await self._store.mark_rejected(key, result)
+        return Stage.DONE
+
+    async def dead_letter_internal(self, work: Work, exc: BaseException) -> None:
+        """Dead-letter a record the relay failed to carry through: ``internal_error``, with the
+        error's class and message in headers. The value is the record's bytes while they are
+        kept, afterwards the request as decoded, encoded again (``original.value`` says which).
+        The dispatcher logs it (once)."""
+        cls = type(exc)
+        name = cls.__name__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__name__}"
+        kind = "original"
+        if work.raw is None and work.request is not None:
+            kind = "re-encoded"
+            work.raw = work.request.model_dump_json(exclude_none=True).encode()
+        await self._publisher.dead_letter(
+            work.source,
+            INTERNAL_ERROR_REASON,
+            str(exc) or name,
+            value=work.raw,
+            extra_headers=[("error.class", name), ("original.value", kind)],
+        )
+
+    def time_left_s(self, known: IdempotencyRecord) -> float:
+        """What is left of ``RELAY_TASK_TIMEOUT_S`` since the submit (all of it if the submit
+        time cannot be read)."""
+        try:
+            submitted = datetime.fromisoformat(known.submitted_at or "").timestamp()
+        except ValueError:
+            return self._task_timeout_s
+        return self._task_timeout_s - max(0.0, self._wall_clock() - submitted)
+
+    def _decided_result(self, work: Work) -> ResultRecord:
+        key, rec, decided = _require(work.key), _require(work.request), _require(work.decided)
+        if work.mark == KeyState.REJECTED:
+            return rejection(
+                key, decided.code, decided.message, model=rec.model, metadata=rec.metadata
+            )
+        return failed_result(key, rec, _require(work.known), decided.code, decided.message)
+
+    async def _dead_letter(
+        self, work: Work, reason: str, message: str, extra: list[tuple[str, str]] | None = None
+    ) -> None:
+        source = work.source
+        log.warning(
+            "record dead-lettered",
+            extra={
+                "reason": reason,
+                "idempotency_key": work.key,
+                "partition": source.partition,
+                "offset": source.offset,
+            },
+        )
+        await self._publisher.dead_letter(
+            source, reason, message, value=work.raw, extra_headers=extra or []
+        )
+
+
+def _require(value: T | None) -> T:
+    """A value an earlier step has set (the stage order guarantees it)."""
+    if value is None:
+        raise RuntimeError("the lifecycle reached a step before the step that prepares it")
+    return value

@@ -276,6 +276,8 @@ class WebhookDelivery(BaseModel):
 
     ``body`` is the result record exactly as published; headers are built fresh at each attempt.
     ``attempts`` counts attempts made (deferrals by the circuit breaker are not attempts).
+    ``traceparent``/``tracestate``: the result record's trace context, kept so that an attempt
+    hours later, in another process, still joins the request's trace.
     """
 
     endpoint: str
@@ -288,6 +290,8 @@ class WebhookDelivery(BaseModel):
     last_status: int | None = None
     last_error: str | None = None
     replayed: bool = False
+    traceparent: str | None = None
+    tracestate: str | None = None
 
     @property
     def delivery_id(self) -> str:
@@ -319,6 +323,8 @@ class WebhookDelivery(BaseModel):
             last_status=int(text["last_status"]) if text.get("last_status") else None,
             last_error=text.get("last_error") or None,
             replayed=text.get("replayed") == "1",
+            traceparent=text.get("traceparent") or None,
+            tracestate=text.get("tracestate") or None,
         )
 
 

@@ -31,6 +31,8 @@ from relay.settings import RelaySettings
 from relay.startup import check_eviction_policy
 from relay.status import RecentResults
 from relay.topics import create_topics
+from relay.tracing.config import TRACING_OFF, TracingConfig
+from relay.tracing.spans import NO_TRACING, Tracing, start_tracing
 from relay.webhooks.dispatcher import WebhookDispatcher
 
 log = logging.getLogger(__name__)
@@ -47,8 +49,17 @@ DEPENDENCY_CHECK_INTERVAL_S = 5.0
 class Relay:
     """One relay process: consume → dedupe → submit → follow → publish, plus its HTTP endpoints."""
 
-    def __init__(self, settings: RelaySettings, metrics: RelayMetrics | None = None) -> None:
+    def __init__(
+        self,
+        settings: RelaySettings,
+        metrics: RelayMetrics | None = None,
+        *,
+        tracing: TracingConfig = TRACING_OFF,
+    ) -> None:
+        """``tracing``: from the ``OTEL_*`` variables (``relay.tracing.config``); off by default."""
         self.settings = settings
+        self._tracing_config = tracing
+        self.tracing: Tracing = NO_TRACING
         self.metrics = metrics or RelayMetrics(model_labels=settings.metrics_models)
         # The status page's last results, beside the counters they match.
         self.recent = RecentResults()
@@ -73,6 +84,12 @@ class Relay:
             "starting mindvideo-relay", extra={"version": __version__, "settings": s.compact()}
         )
         log.debug("all settings", extra={"settings": s.redacted()})
+        # First: the HTTP client instrumentation applies to sessions created after it.
+        self.tracing = start_tracing(
+            self._tracing_config,
+            service_version=__version__,
+            mindvideo_base_url=s.mindvideo_base_url,
+        )
         if s.kafka_create_topics:
             await create_topics(
                 s.kafka_bootstrap_servers,
@@ -107,7 +124,9 @@ class Relay:
         self._producer = producer
         if s.webhooks_enabled:
             # First, and without waiting for a group join: pending retries resume at once.
-            self._webhooks = WebhookDispatcher(s, self._redis, producer, self.metrics)
+            self._webhooks = WebhookDispatcher(
+                s, self._redis, producer, self.metrics, tracing=self.tracing
+            )
             await self._webhooks.start()
         backoff = Backoff(s.mindvideo_backoff_base_s, s.mindvideo_backoff_max_s)
         self._client = MindVideoClient(
@@ -149,6 +168,7 @@ class Relay:
             max_metadata_bytes=s.max_metadata_bytes,
             max_json_depth=s.max_json_depth,
             task_timeout_s=s.task_timeout_s,
+            tracing=self.tracing,
         )
         processor = RequestProcessor(
             steps,
@@ -162,6 +182,7 @@ class Relay:
                 outages_unbounded=True,
                 sleep=self.handover.sleep,
             ),
+            tracing=self.tracing,
         )
         self._kafka_consumer = AIOKafkaConsumer(
             bootstrap_servers=s.kafka_bootstrap_servers,
@@ -234,6 +255,7 @@ class Relay:
             await self._stream_session.close()
         if self._redis is not None:
             await self._redis.aclose()
+        await self.tracing.shutdown()  # last: spans of the drained work are exported too
         log.info("stopped")
 
     async def readiness(self) -> dict[str, str | None]:

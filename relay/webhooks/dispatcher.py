@@ -15,6 +15,7 @@ from redis.asyncio import Redis
 from relay.metrics import RelayMetrics
 from relay.settings import RelaySettings
 from relay.topics import create_topics
+from relay.tracing.spans import NO_TRACING, Tracing
 from relay.webhooks.breaker import BreakerConfig, EndpointGuards
 from relay.webhooks.client import WebhookClient
 from relay.webhooks.deliveries import DeliveryStore
@@ -48,6 +49,7 @@ class WebhookDispatcher:
         *,
         resolver: AbstractResolver | None = None,
         clock: Callable[[], float] = time.time,
+        tracing: Tracing = NO_TRACING,
     ) -> None:
         s = settings
         self._settings = s
@@ -85,6 +87,7 @@ class WebhookDispatcher:
             lease_s=s.webhook_lease_s,
             poll_interval_s=s.webhook_poll_interval_s,
             clock=clock,
+            tracing=tracing,
         )
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=s.kafka_bootstrap_servers,

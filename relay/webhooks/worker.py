@@ -27,6 +27,8 @@ from yarl import URL
 from relay.backoff import Backoff
 from relay.metrics import RelayMetrics
 from relay.models import WebhookDeadLetter, WebhookDeadLetterReason, WebhookDelivery
+from relay.tracing.context import TraceContext
+from relay.tracing.spans import NO_TRACING, Tracing
 from relay.webhooks.breaker import EndpointGuards
 from relay.webhooks.client import AttemptResult, WebhookClient
 from relay.webhooks.deliveries import ClaimedDelivery, DeliveryStore
@@ -66,8 +68,10 @@ class DeliveryWorker:
         poll_interval_s: float,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        tracing: Tracing = NO_TRACING,
     ) -> None:
         self._store = store
+        self._tracing = tracing
         self._client = client
         self._guards = guards
         self._schedule = schedule
@@ -215,7 +219,7 @@ class DeliveryWorker:
     async def _attempt(self, claimed: ClaimedDelivery) -> None:
         d = claimed.delivery
         try:
-            result = await self._client.post(d.endpoint, d.event_id, d.body)
+            result = await self._post(d)
         except asyncio.CancelledError:
             # Shutting down mid-attempt: hand the delivery back now rather than at lease expiry.
             with contextlib.suppress(RedisError, TimeoutError):
@@ -243,6 +247,23 @@ class DeliveryWorker:
                 "recording a webhook attempt failed; it is repeated after the lease expires",
                 extra={"event_id": d.event_id, "reason": repr(exc)},
             )
+
+    async def _post(self, d: WebhookDelivery) -> AttemptResult:
+        """The POST, in the attempt's span: a child of the result's trace context, however long
+        after the result and in whichever process (it is kept with the delivery in Redis)."""
+        parent = TraceContext.parse(d.traceparent, d.tracestate) if d.traceparent else None
+        with self._tracing.attempt(parent) as span:
+            result = await self._client.post(
+                d.endpoint, d.event_id, d.body, self._tracing.outbound(parent)
+            )
+            if span.recording:
+                span.set("relay.event_id", d.event_id)
+                span.set("relay.idempotency_key", d.idempotency_key)
+                span.set("relay.webhook.attempt", d.attempts + 1)
+                span.set("relay.webhook.outcome", result.outcome)
+                span.set("server.address", endpoint_host(d.endpoint))
+                span.set("http.response.status_code", result.status)
+            return result
 
     async def _conclude(
         self, claimed: ClaimedDelivery, d: WebhookDelivery, result: AttemptResult

@@ -8,7 +8,7 @@ endpoint, headers, timeout and certificates (``OTEL_EXPORTER_OTLP_*``), sampler
 
 The relay's HTTP client calls (MindVideo, webhook POSTs) get CLIENT spans from the maintained
 aiohttp client instrumentation when it is installed. Their URL attribute shows the path only for
-MindVideo's host (task ids, no secrets); for any other host, a webhook endpoint among them, only
+MindVideo's origin (task ids, no secrets); for any other, a webhook endpoint among them, only
 scheme, host and port, since webhook paths and queries may carry tokens.
 
 Attributes are bounded and never carry a prompt, an input, metadata or a secret: idempotency key,
@@ -84,7 +84,7 @@ def build_tracing(
     config: TracingConfig, *, service_version: str, mindvideo_base_url: str
 ) -> OtelTracing:
     """A tracer provider with a batch processor per configured exporter, and the HTTP client
-    instrumented (``mindvideo_base_url``: the one host whose URL paths client spans show)."""
+    instrumented (``mindvideo_base_url``: the one origin whose URL paths client spans show)."""
     provider = TracerProvider(resource=_resource(service_version))
     for name in config.exporters:
         provider.add_span_processor(BatchSpanProcessor(_exporter(name)))
@@ -176,11 +176,11 @@ def _instrument_http_client(provider: TracerProvider, mindvideo_base_url: str) -
     except ImportError:
         log.info("aiohttp client instrumentation not installed; no HTTP client spans")
         return None
-    mindvideo_host = yarl.URL(mindvideo_base_url).host
+    mindvideo = yarl.URL(mindvideo_base_url).origin()
 
     def shown(url: yarl.URL) -> str:
-        origin = str(url.origin())
-        return origin + url.path if url.host == mindvideo_host else origin
+        origin = url.origin()
+        return str(origin) + url.path if origin == mindvideo else str(origin)
 
     instrumentor = AioHttpClientInstrumentor()
     instrumentor.instrument(tracer_provider=provider, url_filter=shown)

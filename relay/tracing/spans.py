@@ -83,7 +83,7 @@ def start_tracing(
 ) -> Tracing:
     """``NO_TRACING`` unless ``config`` names an exporter; then the SDK is imported and a tracer
     provider built (its exporter, sampler, batching and resource read from ``OTEL_*``).
-    ``mindvideo_base_url``: the one host whose URL paths HTTP client spans may show."""
+    ``mindvideo_base_url``: the one origin whose URL paths HTTP client spans may show."""
     if not config.enabled:
         return NO_TRACING
     from relay.tracing.otel import build_tracing

@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 from collections.abc import AsyncIterator, Sequence
+from functools import partial
 
 import pytest_asyncio
 from aiokafka import AIOKafkaProducer
@@ -81,6 +82,14 @@ def _no_otel() -> None:
     )
 
 
+def _complete(collector: OtlpCollector, trace_id: str) -> bool:
+    """Every span of a request has been exported: both webhook attempts, and ``consume``
+    (which ends last in the relay)."""
+    spans = collector.in_trace(trace_id)
+    attempts = sum(s.name == "webhook.attempt" for s in spans)
+    return attempts == 2 and any(s.name == "consume" for s in spans)
+
+
 def _one(spans: list[CollectedSpan], name: str) -> CollectedSpan:
     found = [span for span in spans if span.name == name]
     assert len(found) == 1, f"{len(found)} {name} spans"
@@ -118,13 +127,9 @@ async def test_one_connected_trace_per_request_from_producer_to_webhook(
     for index, key in enumerate(keys):
         trace_id, producer_span = _traceparent(index)[3:35], _traceparent(index)[36:52]
         # Every span of the request, the last webhook attempt's included, has been exported.
-        assert await collector.wait_for(
-            lambda t=trace_id: (
-                sum(s.name == "webhook.attempt" for s in collector.in_trace(t)) == 2
-                and any(s.name == "consume" for s in collector.in_trace(t))
-            ),
-            TIMEOUT_S,
-        ), [s.name for s in collector.in_trace(trace_id)]
+        assert await collector.wait_for(partial(_complete, collector, trace_id), TIMEOUT_S), [
+            s.name for s in collector.in_trace(trace_id)
+        ]
         spans = collector.in_trace(trace_id)
         ids = {s.span_id for s in spans}
         assert len(ids) == len(spans)

@@ -105,6 +105,8 @@ async def replay_dead_letters(
             body=value,
             published_ms=letter.published_ms,
             replayed=True,
+            traceparent=letter.traceparent,
+            tracestate=letter.tracestate,
         )
         fresh[delivery.delivery_id] = delivery
     redis = Redis.from_url(settings.redis_url)

@@ -39,6 +39,8 @@ SAMPLERS = (
 RATIO_SAMPLERS = ("traceidratio", "parentbased_traceidratio")
 PROPAGATORS = ("tracecontext", "baggage")
 INSTALL_HINT = "pip install 'mindvideo-relay[otel]'"
+# The aiohttp client instrumentation's name, as OTEL_PYTHON_DISABLED_INSTRUMENTATIONS lists it.
+HTTP_CLIENT_INSTRUMENTATION = "aiohttp-client"
 _SDK_MODULES = {
     "otlp": ("opentelemetry.sdk", "opentelemetry.exporter.otlp.proto.http"),
     "console": ("opentelemetry.sdk",),
@@ -47,9 +49,12 @@ _SDK_MODULES = {
 
 @dataclass(frozen=True, slots=True)
 class TracingConfig:
-    """What the relay traces with; no exporters means tracing is off."""
+    """What the relay traces with; no exporters means tracing is off. ``http_client_spans``:
+    CLIENT spans for every HTTP call (the aiohttp instrumentation), unless
+    ``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS`` names ``aiohttp-client`` (or ``*``)."""
 
     exporters: tuple[str, ...] = ()
+    http_client_spans: bool = True
 
     @property
     def enabled(self) -> bool:
@@ -75,7 +80,13 @@ def read_tracing_config(environ: Mapping[str, str]) -> tuple[TracingConfig, list
     problems.extend(_sampler_problems(env))
     problems.extend(_propagator_problems(env))
     problems.extend(_missing_packages(env, exporters))
-    return (TRACING_OFF, problems) if problems else (TracingConfig(exporters), [])
+    if problems:
+        return TRACING_OFF, problems
+    disabled_instrumentations = {
+        name.strip() for name in env.get("OTEL_PYTHON_DISABLED_INSTRUMENTATIONS", "").split(",")
+    }
+    http_client_spans = not disabled_instrumentations & {HTTP_CLIENT_INSTRUMENTATION, "*"}
+    return TracingConfig(exporters, http_client_spans), []
 
 
 def _exporters(env: Mapping[str, str], problems: list[str]) -> tuple[str, ...]:

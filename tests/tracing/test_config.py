@@ -108,6 +108,20 @@ def test_tracing_problems_are_reported_with_the_relay_settings(
     assert "OTEL_TRACES_EXPORTER='jaeger'" in line, "every problem in one run"
 
 
+@pytest.mark.parametrize(
+    ("disabled", "spans"),
+    [("", True), ("redis", True), ("redis, aiohttp-client", False), ("*", False)],
+)
+def test_http_client_spans_follow_the_standard_opt_out(disabled: str, spans: bool) -> None:
+    env = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": ENDPOINT,
+        "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": disabled,
+    }
+    config, problems = read_tracing_config(env)
+    assert problems == []
+    assert config == TracingConfig(("otlp",), http_client_spans=spans)
+
+
 def test_tracing_without_the_sdk_installed_says_what_to_install(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

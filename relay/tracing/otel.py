@@ -21,7 +21,9 @@ task id, model, result type and status, event id, webhook attempt and outcome, t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import threading
 from types import TracebackType
 from typing import Any
 
@@ -43,6 +45,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_SERVICE_NAME = "mindvideo-relay"
 TRACER_NAME = "relay"
+SHUTDOWN_TIMEOUT_S = 5.0
 _PROPAGATOR = TraceContextTextMapPropagator()
 
 
@@ -108,9 +111,15 @@ class OtelTracing(Tracing):
     enabled = True
 
     def __init__(
-        self, provider: TracerProvider, *, service_version: str, instrumentor: Any = None
+        self,
+        provider: TracerProvider,
+        *,
+        service_version: str,
+        instrumentor: Any = None,
+        shutdown_timeout_s: float = SHUTDOWN_TIMEOUT_S,
     ) -> None:
         self._provider = provider
+        self._shutdown_timeout_s = shutdown_timeout_s
         self._tracer = provider.get_tracer(TRACER_NAME, service_version)
         self._instrumentor = instrumentor
 
@@ -143,10 +152,35 @@ class OtelTracing(Tracing):
         return TraceContext(carrier[TRACEPARENT], carrier.get(TRACESTATE))
 
     async def shutdown(self) -> None:
-        """Export what is buffered (bounded by the exporter's timeout), off the event loop."""
+        """Export what is buffered, off the event loop and for at most ``shutdown_timeout_s``:
+        an unreachable collector must not hold up a SIGTERM (the exporter alone may wait its
+        ``OTEL_EXPORTER_OTLP_TIMEOUT``, 10 s by default). The flush runs in a daemon thread,
+        which never keeps the process alive."""
         if self._instrumentor is not None:
             self._instrumentor.uninstrument()
-        await asyncio.to_thread(self._provider.shutdown)
+        loop = asyncio.get_running_loop()
+        finished: asyncio.Future[None] = loop.create_future()
+
+        def flush() -> None:
+            try:
+                self._provider.shutdown()
+            finally:
+                with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits
+                    loop.call_soon_threadsafe(_resolve, finished)
+
+        threading.Thread(target=flush, name="tracing-shutdown", daemon=True).start()
+        try:
+            await asyncio.wait_for(asyncio.shield(finished), self._shutdown_timeout_s)
+        except TimeoutError:
+            log.warning(
+                "buffered spans not exported at shutdown",
+                extra={"timeout_s": self._shutdown_timeout_s},
+            )
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 def _remote(parent: TraceContext | None) -> otel_context.Context:

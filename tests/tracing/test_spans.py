@@ -4,14 +4,19 @@ child of ``consume``, and the result carrying the publish span's context downstr
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Iterator
 
 import pytest
+from aiohttp import web
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
+from relay.devtools.processes import LOCALHOST, free_port
 from relay.exceptions import RequestRejected, RetryableError
 from relay.tracing.context import TraceContext
 from relay.tracing.otel import OtelTracing
@@ -123,3 +128,32 @@ async def test_a_rejection_is_traced_and_marked(exported: InMemorySpanExporter) 
     (publish,) = _by_name(spans, "publish")
     assert publish.attributes is not None
     assert publish.attributes["relay.result.type"] == "request.rejected"
+
+
+async def test_shutdown_does_not_wait_for_a_collector_that_hangs() -> None:
+    """SIGTERM must not wait the exporter's 10 s timeout on a collector that never answers."""
+    hang = asyncio.Event()
+
+    async def never_answer(_: web.Request) -> web.Response:
+        await hang.wait()
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_post("/v1/traces", never_answer)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, LOCALHOST, port).start()
+    try:
+        provider = TracerProvider()
+        exporter = OTLPSpanExporter(endpoint=f"http://{LOCALHOST}:{port}/v1/traces", timeout=30)
+        provider.add_span_processor(BatchSpanProcessor(exporter))
+        tracing = OtelTracing(provider, service_version="test", shutdown_timeout_s=0.5)
+        with tracing.step("claim"):
+            pass
+        started = time.monotonic()
+        await tracing.shutdown()
+        assert time.monotonic() - started < 5.0
+    finally:
+        hang.set()
+        await runner.cleanup()

@@ -18,7 +18,7 @@ from aiokafka import AIOKafkaProducer
 
 from tests.support.otlp_collector import CollectedSpan, OtlpCollector
 from tests.support.pipeline import Pipeline
-from tests.support.services import TopicFactory
+from tests.support.services import ManagedProcess, TopicFactory
 from tests.support.webhook_receiver import Receiver
 from tests.support.webhooks import MODEL, read_topic, webhook_dlq, webhook_env
 
@@ -76,10 +76,23 @@ async def receiver() -> AsyncIterator[Receiver]:
         await running.stop()
 
 
-def _no_otel() -> None:
+async def _start_relay(
+    pipeline: Pipeline, topics: TopicFactory, receiver: Receiver, **otel: str
+) -> ManagedProcess:
+    """A relay delivering to ``receiver`` (a retry after 0.5 s), with only ``otel`` set of the
+    ``OTEL_*`` variables (spans exported every 100 ms)."""
     assert not [name for name in os.environ if name.startswith("OTEL_")], (
         "the test controls every OTEL_* variable of the relay it starts"
     )
+    dlq = await webhook_dlq(pipeline, topics)
+    proc, _ = await pipeline.start_relay(
+        **webhook_env(
+            dlq, RELAY_WEBHOOK_DEFAULT_URL=receiver.url, RELAY_WEBHOOK_RETRY_SCHEDULE="0,0.5"
+        ),
+        OTEL_BSP_SCHEDULE_DELAY="100",
+        **otel,
+    )
+    return proc
 
 
 def _complete(collector: OtlpCollector, trace_id: str) -> bool:
@@ -103,15 +116,7 @@ async def test_one_connected_trace_per_request_from_producer_to_webhook(
     collector: OtlpCollector,
     receiver: Receiver,
 ) -> None:
-    _no_otel()
-    dlq = await webhook_dlq(pipeline, topics)
-    await pipeline.start_relay(
-        **webhook_env(
-            dlq, RELAY_WEBHOOK_DEFAULT_URL=receiver.url, RELAY_WEBHOOK_RETRY_SCHEDULE="0,0.5"
-        ),
-        OTEL_EXPORTER_OTLP_ENDPOINT=collector.endpoint,
-        OTEL_BSP_SCHEDULE_DELAY="100",
-    )
+    await _start_relay(pipeline, topics, receiver, OTEL_EXPORTER_OTLP_ENDPOINT=collector.endpoint)
     keys = [f"trace-{unique[:8]}-{i}" for i in range(3)]
     untraced = f"untraced-{unique[:8]}"
     await _produce(
@@ -193,16 +198,13 @@ async def test_without_an_exporter_nothing_is_exported_and_the_context_goes_thro
     collector: OtlpCollector,
     receiver: Receiver,
 ) -> None:
-    _no_otel()
-    dlq = await webhook_dlq(pipeline, topics)
-    proc, _ = await pipeline.start_relay(
-        **webhook_env(
-            dlq, RELAY_WEBHOOK_DEFAULT_URL=receiver.url, RELAY_WEBHOOK_RETRY_SCHEDULE="0,0.5"
-        ),
+    proc = await _start_relay(
+        pipeline,
+        topics,
+        receiver,
         # An endpoint set cluster-wide for other services, and this relay told not to trace.
         OTEL_EXPORTER_OTLP_ENDPOINT=collector.endpoint,
         OTEL_TRACES_EXPORTER="none",
-        OTEL_BSP_SCHEDULE_DELAY="100",
     )
     key = f"off-{unique[:8]}"
     parent = _traceparent(41)

@@ -1,0 +1,105 @@
+"""Whether a claimed delivery may be attempted now: its origin's slot, breaker and rate limit.
+
+In this order, so that nothing is spent on a delivery that will not go out:
+
+1. a free in-flight slot of the origin (waited for in this process up to ``BUSY_WAIT_S``, well
+   inside the lease, so a burst to one origin costs no Redis round trips);
+2. the origin's breaker is not blocking (open, or half-open with its probe out);
+3. a send time from the shared rate limiter, at most ``RATE_MAX_WAIT_S`` ahead (slept here);
+4. the breaker admits the attempt (in half-open, as the probe or one of the trial).
+
+A delivery that may not go is deferred by the caller, without using up an attempt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from dataclasses import dataclass
+from typing import Literal
+
+from relay.webhooks.breaker import EndpointGuards
+from relay.webhooks.ratelimit import RateLimiter
+
+BUSY_WAIT_S = 5.0
+BUSY_DEFER_S = 0.5
+RATE_MAX_WAIT_S = 1.0
+
+Refusal = Literal["busy", "circuit_open", "rate_limited"]
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """``go``: attempt now (the origin's slot is held until :meth:`release`); else defer."""
+
+    go: bool
+    defer_s: float = 0.0
+    reason: Refusal | None = None
+    waited_s: float = 0.0  # time slept for a rate-limit slot
+
+
+class EndpointAdmission:
+    """Slots, breakers and rate limits of every origin, for one process."""
+
+    def __init__(self, guards: EndpointGuards, limiter: RateLimiter | None) -> None:
+        self.guards = guards
+        self._limiter = limiter
+        self._waiters: dict[str, deque[asyncio.Future[bool]]] = {}
+
+    async def admit(self, origin: str) -> Verdict:
+        """Decide; a ``RedisError`` from the limiter propagates with no slot held."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + BUSY_WAIT_S
+        while not self.guards.has_capacity(origin):
+            remaining = deadline - loop.time()
+            if remaining <= 0 or not await self._capacity_freed(origin, remaining):
+                return Verdict(False, BUSY_DEFER_S, "busy")
+        breaker = self.guards.breaker(origin)
+        blocked = breaker.blocked_for_s()
+        if blocked > 0:
+            return Verdict(False, blocked, "circuit_open")
+        self.guards.acquire(origin)
+        try:
+            waited = 0.0
+            if self._limiter is not None:
+                reservation = await self._limiter.reserve(origin, RATE_MAX_WAIT_S)
+                if not reservation.granted:
+                    self.release(origin)
+                    return Verdict(False, reservation.wait_s, "rate_limited")
+                if reservation.wait_s > 0:
+                    await asyncio.sleep(reservation.wait_s)
+                    waited = reservation.wait_s
+            if not breaker.allow():
+                self.release(origin)
+                return Verdict(False, breaker.blocked_for_s(), "circuit_open")
+        except BaseException:
+            self.release(origin)
+            raise
+        return Verdict(True, waited_s=waited)
+
+    def release(self, origin: str) -> None:
+        """The attempt is over: free the slot and wake one delivery waiting for it."""
+        self.guards.release(origin)
+        waiters = self._waiters.get(origin)
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(True)
+                return
+        self._waiters.pop(origin, None)
+
+    async def _capacity_freed(self, origin: str, timeout_s: float) -> bool:
+        """``True`` when a slot of ``origin`` was released within ``timeout_s``."""
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[bool] = loop.create_future()
+        self._waiters.setdefault(origin, deque()).append(waiter)
+        expiry = loop.call_later(timeout_s, _expire, waiter)
+        try:
+            return await waiter
+        finally:
+            expiry.cancel()
+
+
+def _expire(waiter: asyncio.Future[bool]) -> None:
+    if not waiter.done():
+        waiter.set_result(False)

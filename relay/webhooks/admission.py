@@ -3,9 +3,13 @@
 In this order, so that nothing is spent on a delivery that will not go out:
 
 1. a free in-flight slot of the origin (waited for in this process up to ``BUSY_WAIT_S``, well
-   inside the lease, so a burst to one origin costs no Redis round trips);
+   inside the lease, so a burst to one origin costs few Redis round trips). At most
+   ``max_waiting`` deliveries wait per origin (the per-origin limit again); the rest are
+   deferred at once, so one slow origin holds at most twice its limit of the process's
+   ``RELAY_WEBHOOK_MAX_IN_FLIGHT`` delivery tasks and never starves the others;
 2. the origin's breaker is not blocking (open, or half-open with its probe out);
-3. a send time from the shared rate limiter, at most ``RATE_MAX_WAIT_S`` ahead (slept here);
+3. a send time from the shared rate limiter, at most ``RATE_MAX_WAIT_S`` ahead (slept here;
+   woken too late for it, a new one is reserved, up to ``MAX_LATE_RESERVATIONS`` times);
 4. the breaker admits the attempt (in half-open, as the probe or one of the trial).
 
 A delivery that may not go is deferred by the caller, without using up an attempt.
@@ -14,6 +18,7 @@ A delivery that may not go is deferred by the caller, without using up an attemp
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Literal
@@ -24,6 +29,7 @@ from relay.webhooks.ratelimit import RateLimiter
 BUSY_WAIT_S = 5.0
 BUSY_DEFER_S = 0.5
 RATE_MAX_WAIT_S = 1.0
+MAX_LATE_RESERVATIONS = 3
 
 Refusal = Literal["busy", "circuit_open", "rate_limited"]
 
@@ -41,9 +47,12 @@ class Verdict:
 class EndpointAdmission:
     """Slots, breakers and rate limits of every origin, for one process."""
 
-    def __init__(self, guards: EndpointGuards, limiter: RateLimiter | None) -> None:
+    def __init__(
+        self, guards: EndpointGuards, limiter: RateLimiter | None, *, max_waiting: int
+    ) -> None:
         self.guards = guards
         self._limiter = limiter
+        self._max_waiting = max_waiting
         self._waiters: dict[str, deque[asyncio.Future[bool]]] = {}
 
     async def admit(self, origin: str) -> Verdict:
@@ -52,7 +61,10 @@ class EndpointAdmission:
         deadline = loop.time() + BUSY_WAIT_S
         while not self.guards.has_capacity(origin):
             remaining = deadline - loop.time()
-            if remaining <= 0 or not await self._capacity_freed(origin, remaining):
+            queue = self._waiters.get(origin)
+            if remaining <= 0 or (queue is not None and len(queue) >= self._max_waiting):
+                return Verdict(False, BUSY_DEFER_S, "busy")
+            if not await self._capacity_freed(origin, remaining):
                 return Verdict(False, BUSY_DEFER_S, "busy")
         breaker = self.guards.breaker(origin)
         blocked = breaker.blocked_for_s()
@@ -62,13 +74,11 @@ class EndpointAdmission:
         try:
             waited = 0.0
             if self._limiter is not None:
-                reservation = await self._limiter.reserve(origin, RATE_MAX_WAIT_S)
-                if not reservation.granted:
+                refusal = await self._wait_for_send_slot(self._limiter, origin)
+                if isinstance(refusal, Verdict):
                     self.release(origin)
-                    return Verdict(False, reservation.wait_s, "rate_limited")
-                if reservation.wait_s > 0:
-                    await asyncio.sleep(reservation.wait_s)
-                    waited = reservation.wait_s
+                    return refusal
+                waited = refusal
             if not breaker.allow():
                 self.release(origin)
                 return Verdict(False, breaker.blocked_for_s(), "circuit_open")
@@ -76,6 +86,23 @@ class EndpointAdmission:
             self.release(origin)
             raise
         return Verdict(True, waited_s=waited)
+
+    async def _wait_for_send_slot(self, limiter: RateLimiter, origin: str) -> Verdict | float:
+        """Sleep until a reserved send time; the time slept, or a deferral."""
+        waited = 0.0
+        for _ in range(MAX_LATE_RESERVATIONS):
+            reservation = await limiter.reserve(origin, RATE_MAX_WAIT_S)
+            if not reservation.granted:
+                return Verdict(False, reservation.wait_s, "rate_limited")
+            delay = reservation.send_at - time.time() if reservation.wait_s > 0 else 0.0
+            if delay > 0:
+                await asyncio.sleep(min(delay, RATE_MAX_WAIT_S))
+                waited += delay
+            if reservation.wait_s <= 0 or time.time() - reservation.send_at <= (
+                reservation.tolerance_s
+            ):
+                return waited
+        return Verdict(False, 0.0, "rate_limited")
 
     def release(self, origin: str) -> None:
         """The attempt is over: free the slot and wake one delivery waiting for it."""

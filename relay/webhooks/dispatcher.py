@@ -109,7 +109,9 @@ class WebhookDispatcher:
         self.worker = DeliveryWorker(
             self.store,
             self._client,
-            EndpointAdmission(self.guards, limiter),
+            EndpointAdmission(
+                self.guards, limiter, max_waiting=s.webhook_max_in_flight_per_endpoint
+            ),
             finisher,
             metrics,
             self.labels,

@@ -174,7 +174,9 @@ STATUS_PAGE_HTML = """<!doctype html>
  <div class="card"><div class="v" id="wh_dead">–</div><div class="k">dead-lettered</div></div>
  <div class="card"><div class="v" id="wh_open">–</div><div class="k">circuits open</div></div>
 </div></section>
-<section><h2>Webhook endpoints</h2><table><thead><tr><th>origin</th><th>circuit</th>
+<section><h2>Webhook endpoints <small>(configured origins, then the busiest others, marked
+*; circuit and success rate are this process's)</small></h2>
+<table><thead><tr><th>origin</th><th>circuit</th>
 <th>success rate</th><th>attempts</th><th>pending</th><th>in flight</th><th>last error</th>
 </tr></thead><tbody id="endpoints"></tbody></table></section>
 <section><h2>Recent results</h2><table><thead><tr><th>completed</th><th>key</th>

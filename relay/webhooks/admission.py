@@ -3,10 +3,11 @@
 In this order, so that nothing is spent on a delivery that will not go out:
 
 1. a free in-flight slot of the origin (waited for in this process up to ``BUSY_WAIT_S``, well
-   inside the lease, so a burst to one origin costs few Redis round trips). At most
-   ``max_waiting`` deliveries wait per origin (the per-origin limit again); the rest are
-   deferred at once, so one slow origin holds at most twice its limit of the process's
-   ``RELAY_WEBHOOK_MAX_IN_FLIGHT`` delivery tasks and never starves the others;
+   inside the lease, so a burst to one origin costs no Redis round trips). Behind a *slow* origin
+   (no attempt of it ended in the last ``FLOWING_S``) at most ``max_waiting`` deliveries wait
+   (the per-origin limit again) and the rest are deferred at once, so a hanging origin holds at
+   most twice its limit of the process's ``RELAY_WEBHOOK_MAX_IN_FLIGHT`` delivery tasks and never
+   starves the others;
 2. the origin's breaker is not blocking (open, or half-open with its probe out);
 3. a send time from the shared rate limiter, at most ``RATE_MAX_WAIT_S`` ahead (slept here;
    woken too late for it, a new one is reserved, up to ``MAX_LATE_RESERVATIONS`` times);
@@ -30,6 +31,8 @@ BUSY_WAIT_S = 5.0
 BUSY_DEFER_S = 0.5
 RATE_MAX_WAIT_S = 1.0
 MAX_LATE_RESERVATIONS = 3
+FLOWING_S = 1.0
+MAX_TRACKED_RELEASES = 10_000
 
 Refusal = Literal["busy", "circuit_open", "rate_limited"]
 
@@ -54,6 +57,7 @@ class EndpointAdmission:
         self._limiter = limiter
         self._max_waiting = max_waiting
         self._waiters: dict[str, deque[asyncio.Future[bool]]] = {}
+        self._released_at: dict[str, float] = {}
 
     async def admit(self, origin: str) -> Verdict:
         """Decide; a ``RedisError`` from the limiter propagates with no slot held."""
@@ -61,8 +65,7 @@ class EndpointAdmission:
         deadline = loop.time() + BUSY_WAIT_S
         while not self.guards.has_capacity(origin):
             remaining = deadline - loop.time()
-            queue = self._waiters.get(origin)
-            if remaining <= 0 or (queue is not None and len(queue) >= self._max_waiting):
+            if remaining <= 0 or self._queue_full(origin, loop.time()):
                 return Verdict(False, BUSY_DEFER_S, "busy")
             if not await self._capacity_freed(origin, remaining):
                 return Verdict(False, BUSY_DEFER_S, "busy")
@@ -104,9 +107,20 @@ class EndpointAdmission:
                 return waited
         return Verdict(False, 0.0, "rate_limited")
 
+    def _queue_full(self, origin: str, now: float) -> bool:
+        """Whether one more delivery may not wait for ``origin``: ``max_waiting`` already do and
+        no attempt of it ended in the last ``FLOWING_S`` (a slow origin, not a busy one)."""
+        queue = self._waiters.get(origin)
+        if queue is None or len(queue) < self._max_waiting:
+            return False
+        return now - self._released_at.get(origin, -FLOWING_S) >= FLOWING_S
+
     def release(self, origin: str) -> None:
         """The attempt is over: free the slot and wake one delivery waiting for it."""
         self.guards.release(origin)
+        if len(self._released_at) >= MAX_TRACKED_RELEASES:
+            self._released_at.clear()  # a memory bound; at worst a few deliveries are deferred
+        self._released_at[origin] = asyncio.get_running_loop().time()
         waiters = self._waiters.get(origin)
         while waiters:
             waiter = waiters.popleft()

@@ -8,8 +8,9 @@ the "already finished" marker (a result read again schedules nothing) and the lo
     \\n<delivery id, 8 hex> <finish code> <type code> <origin> <attempt>,<attempt>…
     attempt = <start unix ms, base 36>/<status or empty>/<outcome code>/<latency ms>
 
-A one-attempt delivery's line is about 30 bytes plus its origin. Errors are kept as outcome codes (the last
-error text stays in the dead letter); at most ``MAX_HISTORY`` most recent attempts are kept.
+A one-attempt delivery's line is about 30 bytes plus its origin. Errors are kept as outcome codes
+(the last error text stays in the dead letter); at most ``MAX_HISTORY`` most recent attempts are
+kept.
 """
 
 from __future__ import annotations

@@ -35,6 +35,7 @@ DEFER_JITTER_S = 0.5
 RATE_DEFER_JITTER = 0.25
 RELEASE_TIMEOUT_S = 2.0
 LEGACY_CHECK_INTERVAL_S = 60.0
+MAX_SHOWN_ERROR_CHARS = 160
 
 
 class DeliveryWorker:
@@ -243,6 +244,9 @@ class DeliveryWorker:
 
 
 def _error_of(result: AttemptResult) -> str:
+    """What the status page shows as an origin's last error (a host at most, never a path)."""
     if result.status is not None:
         return f"HTTP {result.status}"
-    return result.error or result.outcome
+    if not result.error:
+        return result.outcome
+    return f"{result.outcome}: {result.error}"[:MAX_SHOWN_ERROR_CHARS]

@@ -13,7 +13,6 @@ from typing import Any
 from aiohttp.abc import AbstractResolver
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from relay.metrics import RelayMetrics
 from relay.settings import RelaySettings
@@ -158,11 +157,8 @@ class WebhookDispatcher:
         self.events.circuit_changed(origin, new, reason, cooldown_s)
 
     async def endpoints(self) -> list[dict[str, Any]]:
-        """The status page's endpoint rows (pending counts read from Redis)."""
-        try:
-            pending = await self.store.pending_by_origin()
-        except RedisError:
-            pending = {}
+        """The status page's endpoint rows (pending counts as the worker last read them)."""
+        pending = self.worker.pending_by_origin
         breakers = self.guards.known()
         in_flight = {o: self.guards.in_flight(o) for o in breakers}
         return endpoint_rows(breakers, in_flight, pending, self.labels)

@@ -36,6 +36,7 @@ RATE_DEFER_JITTER = 0.25
 RELEASE_TIMEOUT_S = 2.0
 LEGACY_CHECK_INTERVAL_S = 60.0
 MAX_SHOWN_ERROR_CHARS = 160
+PENDING_BY_ORIGIN_INTERVAL_S = 5.0
 
 
 class DeliveryWorker:
@@ -72,6 +73,10 @@ class DeliveryWorker:
         self._stopping = False
         self._error_backoff = Backoff(0.2, 5.0, self._rng)
         self._gauges_at = 0.0
+        self._by_origin_at = 0.0
+        # Pending deliveries per origin, all processes (read every few seconds: one field per
+        # origin with pending work, which a busy relay may have many of).
+        self.pending_by_origin: dict[str, int] = {}
         self._legacy_at = 0.0
 
     def wake(self) -> None:
@@ -151,9 +156,10 @@ class DeliveryWorker:
             self._metrics.webhook_endpoint_circuit_open, dict.fromkeys(open_origins, 1)
         )
         self._metrics.webhook_pending_retries.set(await self._store.pending())
-        self._set_by_label(
-            self._metrics.webhook_pending_deliveries, await self._store.pending_by_origin()
-        )
+        if now - self._by_origin_at >= PENDING_BY_ORIGIN_INTERVAL_S:
+            self._by_origin_at = now
+            self.pending_by_origin = await self._store.pending_by_origin()
+            self._set_by_label(self._metrics.webhook_pending_deliveries, self.pending_by_origin)
 
     def _set_by_label(self, gauge: Gauge, by_origin: dict[str, int]) -> None:
         totals = dict.fromkeys([*self._labels.configured, "other"], 0)

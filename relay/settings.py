@@ -9,7 +9,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from relay.models import decode_secret
-from relay.webhooks.origins import INVALID_ORIGIN, origin_of, parse_origin
+from relay.origins import INVALID_ORIGIN, origin_of, parse_origin
 
 CommaList = Annotated[list[str], NoDecode]
 CommaFloats = Annotated[list[float], NoDecode]

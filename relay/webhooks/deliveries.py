@@ -29,6 +29,7 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
 from relay.models import WebhookDelivery
+from relay.origins import origin_of
 from relay.settings import RelaySettings
 from relay.webhooks import scripts
 from relay.webhooks.history import (
@@ -39,7 +40,6 @@ from relay.webhooks.history import (
     id_prefix,
     marker,
 )
-from relay.webhooks.origins import origin_of
 
 MAX_DONE_BUCKETS = 7
 

@@ -15,6 +15,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from redis.asyncio import Redis
 
 from relay.metrics import RelayMetrics
+from relay.origins import OriginLabels
 from relay.settings import RelaySettings
 from relay.topics import create_topics
 from relay.webhooks.admission import EndpointAdmission
@@ -26,7 +27,6 @@ from relay.webhooks.finisher import DeliveryFinisher
 from relay.webhooks.health import endpoint_rows
 from relay.webhooks.intake import ResultIntake
 from relay.webhooks.lookup import lookup_key
-from relay.webhooks.origins import OriginLabels
 from relay.webhooks.ratelimit import RateLimiter, RateLimits
 from relay.webhooks.schedule import RetrySchedule
 from relay.webhooks.signing import WebhookSigner

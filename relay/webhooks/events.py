@@ -26,8 +26,8 @@ from aiokafka.errors import KafkaError
 
 from relay.metrics import RelayMetrics
 from relay.models import WebhookDeadLetter
+from relay.origins import origin_of
 from relay.webhooks.breaker import BreakerState
-from relay.webhooks.origins import origin_of
 
 log = logging.getLogger(__name__)
 

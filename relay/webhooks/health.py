@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from relay.origins import OriginLabels
 from relay.webhooks.breaker import BreakerState, CircuitBreaker
 from relay.webhooks.lookup import iso
-from relay.webhooks.origins import OriginLabels
 
 TOP_OTHER_ORIGINS = 20
 

@@ -23,10 +23,10 @@ from pydantic import ValidationError
 from redis.asyncio import Redis
 
 from relay.models import WebhookDeadLetter
+from relay.origins import origin_of
 from relay.settings import RelaySettings
 from relay.webhooks.deliveries import DeliveryStore, store_from_settings, text_of
 from relay.webhooks.history import AttemptRecord, decode_history, decode_tombstones, id_prefix
-from relay.webhooks.origins import origin_of
 
 DEAD_LETTER_SCAN_S = 10.0
 FETCH_TIMEOUT_MS = 500

@@ -21,13 +21,13 @@ from redis.exceptions import RedisError
 
 from relay.backoff import Backoff
 from relay.metrics import RelayMetrics
+from relay.origins import OriginLabels
 from relay.webhooks.admission import EndpointAdmission
 from relay.webhooks.client import AttemptResult, WebhookClient
 from relay.webhooks.deliveries import ClaimedDelivery, DeliveryStore
 from relay.webhooks.finisher import DeliveryFinisher
 from relay.webhooks.history import AttemptRecord
 from relay.webhooks.legacy import migrate_legacy
-from relay.webhooks.origins import OriginLabels
 
 log = logging.getLogger(__name__)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
+from relay.origins import OriginLabels, origin_of, parse_origin
 from relay.settings import RelaySettings
 from relay.webhooks.breaker import (
     AttemptHealth,
@@ -14,7 +15,6 @@ from relay.webhooks.breaker import (
     CircuitBreaker,
     EndpointGuards,
 )
-from relay.webhooks.origins import OriginLabels, origin_of, parse_origin
 
 CONFIG = BreakerConfig(
     unanswered_ratio=0.8,

@@ -3,6 +3,7 @@ endpoint rows list configured origins first and a bounded, ordered list of other
 
 from __future__ import annotations
 
+from relay.origins import OriginLabels
 from relay.webhooks.breaker import BreakerConfig, CircuitBreaker
 from relay.webhooks.health import TOP_OTHER_ORIGINS, endpoint_rows
 from relay.webhooks.history import (
@@ -15,7 +16,6 @@ from relay.webhooks.history import (
     marker,
 )
 from relay.webhooks.lookup import format_text
-from relay.webhooks.origins import OriginLabels
 
 
 def test_history_is_capped_and_round_trips() -> None:

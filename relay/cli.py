@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import signal
 import sys
@@ -137,6 +138,22 @@ def _cmd_webhooks_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_webhooks_status(args: argparse.Namespace) -> int:
+    settings = _load("relay webhooks status")
+    setup_logging(settings.log_level, settings.log_format)
+    quiet_kafka_client()
+    from relay.webhooks.lookup import format_text, lookup_cli
+
+    try:
+        doc = asyncio.run(lookup_cli(settings, args.key, dead_letters=not args.no_dead_letters))
+    except (KafkaError, RedisError, StartupError) as exc:
+        failure = describe_start_failure(exc, settings)
+        print(f"relay webhooks status: {failure}", file=sys.stderr)
+        return failure.exit_code
+    print(json.dumps(doc, indent=2) if args.json else format_text(doc))
+    return 0 if doc["deliveries"] or doc.get("dead_letters", {}).get("letters") else 1
+
+
 def _add_webhook_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     webhooks = commands.add_parser("webhooks", help="operate webhook deliveries")
     actions = webhooks.add_subparsers(dest="webhooks_command", required=True)
@@ -149,6 +166,17 @@ def _add_webhook_commands(commands: argparse._SubParsersAction) -> None:  # type
     replay.add_argument("--key", help="only deliveries of this idempotency key")
     replay.add_argument("--all", action="store_true", help="every dead-lettered delivery")
     replay.set_defaults(func=_cmd_webhooks_replay)
+    status = actions.add_parser(
+        "status",
+        help="every attempt of a key's webhooks: time, origin, status or error, latency, "
+        "next due time (from Redis and RELAY_WEBHOOK_DEAD_LETTER_TOPIC); exit 1 if none",
+    )
+    status.add_argument("--key", required=True, help="the idempotency key")
+    status.add_argument("--json", action="store_true", help="print the JSON document")
+    status.add_argument(
+        "--no-dead-letters", action="store_true", help="skip reading the dead-letter topic"
+    )
+    status.set_defaults(func=_cmd_webhooks_status)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -266,6 +266,8 @@ class Relay:
             self.readiness,
             recent=self.recent,
             token=token.get_secret_value() if token else None,
+            webhook_endpoints=self._webhooks.endpoints if self._webhooks else None,
+            webhook_lookup=self._webhooks.lookup if self._webhooks else None,
         )
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()

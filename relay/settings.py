@@ -7,6 +7,7 @@ variable to change (``relay.settings_errors``).
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -14,6 +15,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from relay.logs import redact_url, url_origin
 from relay.models import DEFAULT_MAX_JSON_DEPTH, MAX_MODEL_CHARS, decode_secret
+from relay.origins import INVALID_ORIGIN, origin_of, parse_origin
 
 CommaList = Annotated[list[str], NoDecode]
 CommaFloats = Annotated[list[float], NoDecode]
@@ -118,11 +120,17 @@ class RelaySettings(BaseSettings):
     webhook_lease_s: float = Field(default=60.0, gt=0)
     webhook_poll_interval_s: float = Field(default=1.0, gt=0)
     webhook_done_retention_s: int = Field(default=7 * 24 * 3600, ge=60)
-    webhook_breaker_consecutive_failures: int = Field(default=5, ge=1)
-    webhook_breaker_failure_ratio: float = Field(default=0.7, gt=0, le=1)
+    # Per-origin breakers (docs/webhooks.md "Circuit breakers"), rate limits, events, shards
+    webhook_breaker_unanswered_ratio: float = Field(default=0.8, gt=0, le=1)
     webhook_breaker_min_requests: int = Field(default=10, ge=1)
-    webhook_breaker_window_s: float = Field(default=300.0, gt=0)
+    webhook_breaker_window_s: float = Field(default=60.0, gt=0)
+    webhook_breaker_no_success_s: float = Field(default=60.0, gt=0)
     webhook_breaker_cooldown_s: float = Field(default=30.0, gt=0)
+    webhook_breaker_max_cooldown_s: float = Field(default=600.0, gt=0)
+    # JSON {"https://hooks.example.com": 20, "default": 50}: requests/s per origin, all processes
+    webhook_rate_limits: Annotated[dict[str, float], NoDecode] = Field(default_factory=dict)
+    webhook_events_topic: str | None = None
+    webhook_shards: int = Field(default=16, ge=1, le=1024)
 
     # HTTP and process
     http_host: str = "0.0.0.0"
@@ -203,11 +211,42 @@ class RelaySettings(BaseSettings):
             raise ValueError("the retry schedule needs at least one delay, none negative")
         return value
 
+    @field_validator("webhook_rate_limits", mode="before")
+    @classmethod
+    def _rate_limits(cls, value: object) -> object:
+        if isinstance(value, str):
+            if not value.strip():
+                return {}
+            try:
+                value = json.loads(value)
+            except ValueError:
+                raise ValueError('not JSON; expected {"https://host": 20, "default": 50}') from None
+        if not isinstance(value, dict):
+            raise ValueError('expected a JSON object {"https://host": 20, "default": 50}')
+        out: dict[str, float] = {}
+        for name, rate in value.items():
+            if isinstance(rate, bool) or not isinstance(rate, int | float) or rate <= 0:
+                raise ValueError(f"the rate of {name!r} must be requests per second > 0")
+            out[name if name == "default" else parse_origin(name)] = float(rate)
+        return out
+
     @model_validator(mode="after")
     def _lease_outlives_attempt(self) -> RelaySettings:
         if self.webhook_lease_s <= self.webhook_timeout_s:
             raise ValueError("RELAY_WEBHOOK_LEASE_S must be longer than RELAY_WEBHOOK_TIMEOUT_S")
+        if self.webhook_breaker_max_cooldown_s < self.webhook_breaker_cooldown_s:
+            raise ValueError(
+                "RELAY_WEBHOOK_BREAKER_MAX_COOLDOWN_S must be at least "
+                "RELAY_WEBHOOK_BREAKER_COOLDOWN_S"
+            )
         return self
+
+    @property
+    def webhook_configured_origins(self) -> list[str]:
+        """Origins the operator named: their own metric labels and status rows."""
+        named = [origin_of(url) for url in self.webhook_default_urls]
+        named += [o for o in self.webhook_rate_limits if o != "default"]
+        return [o for o in dict.fromkeys(named) if o != INVALID_ORIGIN]
 
     @property
     def webhook_default_urls(self) -> list[str]:

@@ -12,13 +12,14 @@ import logging
 import time
 from dataclasses import dataclass
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 from pydantic import ValidationError
 from redis.asyncio import Redis
 
 from relay.models import WebhookDeadLetter, WebhookDelivery
 from relay.settings import RelaySettings
-from relay.webhooks.dispatcher import delivery_store
+from relay.webhooks.deliveries import store_from_settings
+from relay.webhooks.lookup import dead_letter_consumer
 
 log = logging.getLogger(__name__)
 
@@ -44,12 +45,7 @@ DeadLetterRecord = tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]
 
 
 async def _read_dead_letters(settings: RelaySettings) -> list[DeadLetterRecord]:
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap_servers,
-        client_id=f"{settings.kafka_client_id}-replay",
-        group_id=None,
-        enable_auto_commit=False,
-    )
+    consumer = dead_letter_consumer(settings, "replay")
     try:
         await consumer.start()  # inside: a failed start must still close the consumer
         topic = settings.webhook_dead_letter_topic
@@ -109,7 +105,7 @@ async def replay_dead_letters(
         fresh[delivery.delivery_id] = delivery
     redis = Redis.from_url(settings.redis_url)
     try:
-        store = delivery_store(redis, settings)
+        store = store_from_settings(redis, settings)
         counts.scheduled = await store.schedule(list(fresh.values()), time.time(), force=True)
     finally:
         await redis.aclose()

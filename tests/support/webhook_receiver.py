@@ -56,7 +56,7 @@ class Receiver:
 
     async def start(self) -> None:
         app = web.Application()
-        app.router.add_post(self.path, self._handle)
+        app.router.add_post("/{tail:.*}", self._handle)  # any path: URL variants of one host
         self._runner = web.AppRunner(
             app, access_log=None, handler_cancellation=True, shutdown_timeout=0.1
         )
@@ -90,3 +90,30 @@ class Receiver:
                 return True
             await asyncio.sleep(0.05)
         return predicate()
+
+
+@dataclass
+class DeadReceiver:
+    """A receiver that is down but countable: it accepts each TCP connection and closes it at
+    once, before reading anything (a crashed app behind a TCP proxy). The relay sees a
+    connection error, as with a refused port; the test sees when each connection came."""
+
+    port: int = field(default_factory=free_port)
+    connections: list[float] = field(default_factory=list)
+    _server: asyncio.Server | None = None
+
+    def url(self, path: str = "/hook") -> str:
+        return f"http://{LOCALHOST}:{self.port}{path}"
+
+    async def _accept(self, _: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections.append(time.time())
+        writer.transport.abort()  # RST: nothing is answered
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._accept, LOCALHOST, self.port)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None

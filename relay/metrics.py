@@ -5,8 +5,19 @@ Labels are model, status, outcome, code class and operation; never a key, task i
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from relay import __version__
 
 # Generation tasks run from seconds to an hour; the default buckets stop at 10 s.
 TASK_DURATION_BUCKETS_S = (1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800, 3600)
@@ -175,6 +186,15 @@ class RelayMetrics:
             ["operation"],
             registry=r,
         )
+
+        # Which version runs where (``relay_build_info{version}``, Python's ``python_info``) and
+        # what the process costs its host (``process_cpu_seconds_total``, resident memory, open
+        # file descriptors), on this registry like everything else: dashboards and alerts join
+        # on the same job and instance labels.
+        self.build_info = Info("relay_build", "The running relay's version.", registry=r)
+        self.build_info.info({"version": __version__})
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

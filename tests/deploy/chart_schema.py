@@ -26,9 +26,8 @@ from pydantic import SecretStr
 
 from relay.settings import RelaySettings
 
-SCHEMA_PATH = (
-    Path(__file__).resolve().parents[2] / "helm" / "mindvideo-relay" / "values.schema.json"
-)
+CHART = Path(__file__).resolve().parents[2] / "helm" / "mindvideo-relay"
+SCHEMA_PATH = CHART / "values.schema.json"
 
 # Secret settings and the `secrets.<key>` of values.yaml that sets each from a Secret.
 SECRET_VALUES = {

@@ -604,21 +604,6 @@ def test_every_secret_setting_has_a_route() -> None:
     assert set(chart_schema.SECRET_VALUES.values()) <= routes
 
 
-def test_the_config_schema_is_generated_from_the_settings() -> None:
-    committed = json.loads((CHART / "values.schema.json").read_text())["properties"]["config"]
-    assert committed == chart_schema.config_schema(), (
-        "regenerate it: python -m tests.deploy.chart_schema --write"
-    )
-    assert set(committed["properties"]) >= set(RelaySettings.model_fields)
-
-
-def test_pending_settings_land_together() -> None:
-    """Once the connectivity settings are in relay/settings.py (RELAY_ROLE among them), every
-    name the chart assumed must be there too: a difference is a renamed setting to follow."""
-    if "role" in RelaySettings.model_fields:
-        assert not PENDING, f"the chart renders settings the relay does not have: {PENDING}"
-
-
 async def test_without_webhooks_there_is_one_deployment(tmp_path: Path) -> None:
     release = await _render(tmp_path, {"webhooks": {"enabled": False}})
     (deployment,) = release.all("Deployment")

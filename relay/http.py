@@ -1,10 +1,10 @@
 """The relay's own HTTP endpoints (DESIGN §7) and its status page.
 
-``/healthz`` (the process and its event loop answer), ``/readyz`` (Kafka, Redis and MindVideo
-credentials usable, each problem named), ``/metrics`` (Prometheus text), ``/`` and
-``/status.json`` (the status page), ``/webhooks/deliveries?key=K`` (every attempt of a key's
-webhooks, docs/webhooks.md). With ``RELAY_HTTP_TOKEN`` set, everything but the three
-probe and scrape endpoints needs ``Authorization: Bearer <token>`` (or ``?token=`` for a browser).
+``/healthz`` (the process and its event loop answer), ``/readyz`` (Kafka and Redis usable; every
+check named in the body, MindVideo's credentials included), ``/metrics`` (Prometheus text),
+``/`` and ``/status.json`` (the status page), ``/webhooks/deliveries?key=K`` (every attempt of a
+key's webhooks, docs/webhooks.md). With ``RELAY_HTTP_TOKEN`` set, everything but the three probe
+and scrape endpoints needs ``Authorization: Bearer <token>`` (or ``?token=`` for a browser).
 """
 
 from __future__ import annotations
@@ -25,6 +25,11 @@ EndpointRows = Callable[[], Awaitable[list[dict[str, Any]]]]
 DeliveryLookup = Callable[[str, bool], Awaitable[dict[str, Any]]]
 MAX_KEY_CHARS = 255
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+# Checks /readyz reports but that do not make it answer 503: refused MindVideo credentials are
+# the operator's to fix and no restart or reschedule helps, while an unready pod counts as
+# disrupted for a PodDisruptionBudget and would block node drains and rollouts. The relay takes
+# no new work meanwhile; ``relay_dependency_up{dependency="mindvideo"}`` and an alert say why.
+ADVISORY_CHECKS = frozenset({"mindvideo"})
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -72,9 +77,11 @@ def build_http_app(
 
     async def readyz(_: web.Request) -> web.Response:
         checks = await readiness()
-        ready = all(problem is None for problem in checks.values())
+        failing = {name for name, problem in checks.items() if problem is not None}
+        ready = not failing - ADVISORY_CHECKS
+        status = "not_ready" if not ready else "degraded" if failing else "ready"
         body = {
-            "status": "ready" if ready else "not_ready",
+            "status": status,
             "checks": {name: problem or "ok" for name, problem in checks.items()},
         }
         return web.json_response(body, status=200 if ready else 503)

@@ -12,9 +12,19 @@ import re
 from collections.abc import Callable, Iterable
 from typing import Generic, TypeVar
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from relay import __version__
 from relay.schemas import known_models
 
 # Generation tasks run from seconds to an hour; the default buckets stop at 10 s.
@@ -298,6 +308,15 @@ class RelayMetrics:
             ["operation"],
             registry=r,
         )
+
+        # Which version runs where (``relay_build_info{version}``, Python's ``python_info``) and
+        # what the process costs its host (``process_cpu_seconds_total``, resident memory, open
+        # file descriptors), on this registry like everything else: dashboards and alerts join
+        # on the same job and instance labels.
+        self.build_info = Info("relay_build", "The running relay's version.", registry=r)
+        self.build_info.info({"version": __version__})
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
 
     def model_label(self, model: str | None) -> str:
         """``model`` as a label value: a model the relay validates or the operator listed in

@@ -100,9 +100,14 @@ def _cmd_webhooks_replay(args: argparse.Namespace) -> int:
         print(f"relay: invalid configuration:\n{exc}", file=sys.stderr)
         return 2
     setup_logging(settings.log_level, settings.log_format)
+    from relay.exceptions import ConnectivityError
     from relay.webhooks.replay import replay_dead_letters
 
-    counts = asyncio.run(replay_dead_letters(settings, endpoint=args.endpoint, key=args.key))
+    try:
+        counts = asyncio.run(replay_dead_letters(settings, endpoint=args.endpoint, key=args.key))
+    except ConnectivityError as exc:
+        print(f"relay webhooks replay: {exc}", file=sys.stderr)
+        return 1
     print(
         f"replayed webhook dead letters from {settings.webhook_dead_letter_topic}: "
         f"{counts.summary()}"

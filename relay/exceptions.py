@@ -3,6 +3,7 @@
 - ``RetryableError``: transient; try the same thing again after a backoff.
 - ``RequestRejected``: final for this request; publish a ``request.rejected`` result.
 - ``OperatorError``: the operator's configuration (key, credit) is wrong; stop taking work.
+- ``ConnectivityError``: Kafka or Redis refuses how the relay connects; do not start.
 """
 
 from __future__ import annotations
@@ -36,6 +37,11 @@ class OperatorError(RelayError):
         super().__init__(f"MindVideo answered {status}: {message}")
         self.status = status
         self.message = message
+
+
+class ConnectivityError(RelayError):
+    """Kafka or Redis refuses the connection settings (a SASL login, a TLS certificate, the wrong
+    protocol): retrying will not help, the operator must fix a setting the message names."""
 
 
 class StreamUnavailable(RetryableError):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -13,6 +15,10 @@ CommaList = Annotated[list[str], NoDecode]
 CommaFloats = Annotated[list[float], NoDecode]
 
 DEFAULT_WEBHOOK_RETRY_SCHEDULE_S = [0.0, 5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0]
+
+
+def _upper(value: object) -> object:  # for the production connectivity block
+    return value.strip().upper() if isinstance(value, str) else value
 
 
 def _split(value: object) -> object:
@@ -104,6 +110,54 @@ class RelaySettings(BaseSettings):
     webhook_breaker_window_s: float = Field(default=300.0, gt=0)
     webhook_breaker_cooldown_s: float = Field(default=30.0, gt=0)
 
+    # --- Production connectivity (DESIGN §8; README "Connecting to production Kafka and Redis").
+    # Kept together on purpose. Checked as a whole by _connectivity below: every combination
+    # that cannot work (SASL without credentials, a certificate without its key, an unreadable
+    # file, a Sentinel without sentinels) is refused at start, naming the RELAY_ variable.
+    role: Literal["all", "requests", "webhooks"] = "all"
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: Path | None = None
+    kafka_ssl_certfile: Path | None = None
+    kafka_ssl_keyfile: Path | None = None
+    kafka_ssl_check_hostname: bool = True
+    redis_mode: Literal["standalone", "cluster", "sentinel"] = "standalone"
+    redis_sentinels: CommaList = Field(default_factory=list)
+    redis_sentinel_master: str | None = None
+    redis_sentinel_password: SecretStr | None = None
+    redis_ssl_cafile: Path | None = None
+
+    _upper_case = field_validator("kafka_security_protocol", "kafka_sasl_mechanism", mode="before")(
+        _upper
+    )
+    _split_sentinels = field_validator("redis_sentinels", mode="before")(_split)
+
+    @model_validator(mode="after")
+    def _connectivity(self) -> RelaySettings:
+        from relay.kafka import security_problems
+        from relay.redis import topology_problems
+
+        problems = [*security_problems(self), *topology_problems(self)]
+        # RELAY_WEBHOOKS_ENABLED is the older spelling of RELAY_ROLE: if both are set, they agree.
+        disagree = (self.role, self.webhooks_enabled) in (("requests", True), ("webhooks", False))
+        if disagree and "webhooks_enabled" in self.model_fields_set:
+            problems.append(
+                f"RELAY_ROLE={self.role} and RELAY_WEBHOOKS_ENABLED="
+                f"{str(self.webhooks_enabled).lower()} disagree; unset RELAY_WEBHOOKS_ENABLED "
+                "(RELAY_ROLE replaces it)"
+            )
+        if problems:
+            raise ValueError("; ".join(problems))
+        if self.role == "all" and not self.webhooks_enabled:
+            self.role = "requests"  # the deprecated spelling of RELAY_ROLE=requests
+        # Kept in step with the role, bypassing pydantic so it still reads as not set.
+        object.__setattr__(self, "webhooks_enabled", self.role != "requests")
+        return self
+
+    # --- end of production connectivity
+
     # HTTP and process
     http_host: str = "0.0.0.0"
     http_port: int = Field(default=8080, ge=0, le=65535)
@@ -162,4 +216,17 @@ class RelaySettings(BaseSettings):
         data["mindvideo_api_key"] = "***" if self.mindvideo_api_key.get_secret_value() else ""
         data["webhook_secrets"] = [f"whsec_***({i})" for i in range(len(self.webhook_secrets))]
         data["http_token"] = "***" if self.http_token else None
+        data["redis_url"] = _without_password(self.redis_url)
+        data["kafka_sasl_password"] = "***" if self.kafka_sasl_password else None
+        data["redis_sentinel_password"] = "***" if self.redis_sentinel_password else None
         return data
+
+
+def _without_password(url: str) -> str:
+    """``redis://user:secret@host`` → ``redis://user:***@host``: a URL may carry a password."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))

@@ -19,6 +19,8 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
+from relay.exceptions import ConnectivityError
+from relay.kafka import kafka_client_options, start_kafka_client
 from relay.models import RequestRecord
 from relay.schemas import SEEDANCE_4_0
 from relay.settings import RelaySettings
@@ -93,11 +95,10 @@ async def _submit(args: argparse.Namespace, settings: RelaySettings) -> int:
         consumer = await _results_from_now(settings)
     # One record keyed by its idempotency key: a duplicate from a retried send costs nothing (the
     # relay dedupes by key), so the idempotent producer, which some brokers refuse, is not needed.
-    producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap_servers, enable_idempotence=False, acks="all"
-    )
+    kafka = kafka_client_options(settings)
+    producer = AIOKafkaProducer(**kafka, enable_idempotence=False, acks="all")
     try:
-        await producer.start()
+        await start_kafka_client(producer, kafka)
         meta = await producer.send_and_wait(
             settings.request_topic,
             value=request.model_dump_json(exclude_none=True).encode(),
@@ -129,12 +130,11 @@ async def _submit(args: argparse.Namespace, settings: RelaySettings) -> int:
 
 async def _results_from_now(settings: RelaySettings) -> AIOKafkaConsumer:
     """A consumer positioned at the current end of the results topic (before we produce)."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap_servers, enable_auto_commit=False
-    )
+    kafka = kafka_client_options(settings)
+    consumer = AIOKafkaConsumer(**kafka, enable_auto_commit=False)
     try:
-        await consumer.start()
-    except KafkaError:
+        await start_kafka_client(consumer, kafka)
+    except (KafkaError, ConnectivityError):
         await consumer.stop()
         raise
     partitions = consumer.partitions_for_topic(settings.result_topic)
@@ -166,7 +166,7 @@ async def _wait_for(
 def run(args: argparse.Namespace, settings: RelaySettings) -> int:
     try:
         return asyncio.run(_submit(args, settings))
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, ConnectivityError) as exc:
         print(f"relay submit: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KafkaError as exc:

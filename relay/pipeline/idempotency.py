@@ -23,11 +23,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
 from relay.models import ResultRecord
+from relay.redis import RedisClient, pipeline
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ AddToPipeline = Callable[[Pipeline], Any]
 class _Batcher:
     """Sends the calls queued while earlier batches are in flight as one pipeline each."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: RedisClient) -> None:
         self._redis = redis
         self._queue: list[tuple[AddToPipeline, asyncio.Future[Any] | None]] = []
         self._in_flight = 0
@@ -130,7 +130,7 @@ class _Batcher:
 
     async def _send(self, batch: list[tuple[AddToPipeline, asyncio.Future[Any] | None]]) -> None:
         try:
-            async with self._redis.pipeline(transaction=False) as pipe:
+            async with pipeline(self._redis) as pipe:
                 for add, _ in batch:
                     queued = add(pipe)  # a script call is a coroutine; a command is queued at once
                     if inspect.isawaitable(queued):
@@ -159,7 +159,7 @@ class _Batcher:
 class IdempotencyStore:
     """Reads and writes idempotency records; the retention restarts with every write."""
 
-    def __init__(self, redis: Redis, *, prefix: str, retention_s: int) -> None:
+    def __init__(self, redis: RedisClient, *, prefix: str, retention_s: int) -> None:
         self._redis = redis
         self._prefix = prefix
         self._retention_s = retention_s

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from aiokafka import AIOKafkaProducer
 
 from relay.metrics import RelayMetrics
@@ -66,10 +69,11 @@ class ResultPublisher:
 
 
 def build_producer(
-    bootstrap_servers: str, *, client_id: str, enable_idempotence: bool
+    kafka: Mapping[str, Any], *, client_id: str, enable_idempotence: bool
 ) -> AIOKafkaProducer:
+    """The relay's one producer; ``kafka`` is :func:`relay.kafka.kafka_client_options`."""
     return AIOKafkaProducer(
-        bootstrap_servers=bootstrap_servers,
+        **kafka,
         client_id=client_id,
         acks="all",
         enable_idempotence=enable_idempotence,

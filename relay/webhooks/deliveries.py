@@ -16,9 +16,8 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass
 
-from redis.asyncio import Redis
-
 from relay.models import WebhookDelivery
+from relay.redis import RedisClient, pipeline
 
 _SCHEDULE_LUA = """
 if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
@@ -69,7 +68,7 @@ class ClaimedDelivery:
 class DeliveryStore:
     """Schedules, claims, reschedules and finishes webhook deliveries (docs/webhooks.md)."""
 
-    def __init__(self, redis: Redis, *, prefix: str, done_retention_s: int) -> None:
+    def __init__(self, redis: RedisClient, *, prefix: str, done_retention_s: int) -> None:
         self._redis = redis
         self._base = f"{prefix}:{{{prefix}:webhooks}}"
         self._due = f"{self._base}:due"
@@ -95,7 +94,7 @@ class DeliveryStore:
         """
         if not deliveries:
             return 0
-        async with self._redis.pipeline(transaction=False) as pipe:
+        async with pipeline(self._redis) as pipe:
             for d in deliveries:
                 fields = [item for pair in d.to_fields().items() for item in pair]
                 await self._schedule(
@@ -124,7 +123,7 @@ class DeliveryStore:
         if not ids:
             return []
         token = secrets.token_hex(8)
-        async with self._redis.pipeline(transaction=False) as pipe:
+        async with pipeline(self._redis) as pipe:
             for delivery_id in ids:
                 await self._claim(
                     keys=[self._due, self._hash(delivery_id)],

@@ -10,9 +10,10 @@ from collections.abc import Callable
 
 from aiohttp.abc import AbstractResolver
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from redis.asyncio import Redis
 
+from relay.kafka import kafka_client_options
 from relay.metrics import RelayMetrics
+from relay.redis import RedisClient
 from relay.settings import RelaySettings
 from relay.topics import create_topics
 from relay.webhooks.breaker import BreakerConfig, EndpointGuards
@@ -30,7 +31,7 @@ MAX_STOP_GRACE_S = 10.0
 INTAKE_STOP_TIMEOUT_S = 1.0
 
 
-def delivery_store(redis: Redis, settings: RelaySettings) -> DeliveryStore:
+def delivery_store(redis: RedisClient, settings: RelaySettings) -> DeliveryStore:
     return DeliveryStore(
         redis, prefix=settings.redis_key_prefix, done_retention_s=settings.webhook_done_retention_s
     )
@@ -42,7 +43,7 @@ class WebhookDispatcher:
     def __init__(
         self,
         settings: RelaySettings,
-        redis: Redis,
+        redis: RedisClient,
         producer: AIOKafkaProducer,
         metrics: RelayMetrics,
         *,
@@ -87,7 +88,7 @@ class WebhookDispatcher:
             clock=clock,
         )
         self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=s.kafka_bootstrap_servers,
+            **kafka_client_options(s),
             group_id=s.webhook_consumer_group,
             group_instance_id=s.kafka_group_instance_id,
             client_id=f"{s.kafka_client_id}-webhooks",
@@ -111,7 +112,7 @@ class WebhookDispatcher:
         s = self._settings
         if s.kafka_create_topics:
             await create_topics(
-                s.kafka_bootstrap_servers,
+                kafka_client_options(s),
                 [s.webhook_dead_letter_topic],
                 s.kafka_topic_partitions,
                 exact=False,
@@ -130,6 +131,12 @@ class WebhookDispatcher:
                 "retry_schedule_s": s.webhook_retry_schedule,
             },
         )
+
+    async def wait(self) -> None:
+        """Return when the intake or the worker ends: only on stop or on a fatal error."""
+        done, _ = await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            task.result()  # a fatal error propagates to the caller
 
     def problem(self) -> str | None:
         """For readiness: why the dispatcher is not working, or ``None``."""

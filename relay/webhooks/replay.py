@@ -14,15 +14,17 @@ from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from pydantic import ValidationError
-from redis.asyncio import Redis
 
+from relay.kafka import kafka_client_options, start_kafka_client
 from relay.models import WebhookDeadLetter, WebhookDelivery
+from relay.redis import redis_client
 from relay.settings import RelaySettings
 from relay.webhooks.dispatcher import delivery_store
 
 log = logging.getLogger(__name__)
 
 FETCH_TIMEOUT_MS = 500
+REDIS_MAX_CONNECTIONS = 4
 
 
 @dataclass
@@ -44,14 +46,15 @@ DeadLetterRecord = tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]
 
 
 async def _read_dead_letters(settings: RelaySettings) -> list[DeadLetterRecord]:
+    kafka = kafka_client_options(settings)
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap_servers,
+        **kafka,
         client_id=f"{settings.kafka_client_id}-replay",
         group_id=None,
         enable_auto_commit=False,
     )
-    await consumer.start()
     try:
+        await start_kafka_client(consumer, kafka)
         topic = settings.webhook_dead_letter_topic
         await consumer.topics()  # loads the metadata partitions_for_topic reads
         partitions = consumer.partitions_for_topic(topic) or set()
@@ -107,7 +110,7 @@ async def replay_dead_letters(
             replayed=True,
         )
         fresh[delivery.delivery_id] = delivery
-    redis = Redis.from_url(settings.redis_url)
+    redis = redis_client(settings, max_connections=REDIS_MAX_CONNECTIONS)
     try:
         store = delivery_store(redis, settings)
         counts.scheduled = await store.schedule(list(fresh.values()), time.time(), force=True)

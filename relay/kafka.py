@@ -25,6 +25,7 @@ from aiokafka.errors import (
     UnsupportedSaslMechanismError,
 )
 from aiokafka.helpers import create_ssl_context
+from aiokafka.protocol.metadata import MetadataRequest
 
 from relay.exceptions import ConnectivityError
 
@@ -193,7 +194,14 @@ async def diagnose(options: Mapping[str, Any], failure: BaseException) -> Connec
                 return ConnectivityError(f"Kafka at {reason}")
             reasons.append(reason)
             continue
-        conn.close()
+        try:
+            await conn.send(MetadataRequest([]))
+        except (KafkaError, OSError) as exc:
+            return ConnectivityError(
+                f"Kafka at {host}:{port} {_explain_refused_request(exc, options)}"
+            )
+        finally:
+            conn.close()
         return ConnectivityError(
             f"Kafka at {host}:{port} accepts these connection settings, but a client could "
             f"not start ({type(failure).__name__}: {failure}); if the brokers advertise "
@@ -203,6 +211,16 @@ async def diagnose(options: Mapping[str, Any], failure: BaseException) -> Connec
         f"no Kafka bootstrap server of RELAY_KAFKA_BOOTSTRAP_SERVERS={where} could be used "
         f"({type(failure).__name__}): " + "; ".join(reasons)
     )
+
+
+def _explain_refused_request(exc: BaseException, options: Mapping[str, Any]) -> str:
+    if options.get("security_protocol") not in SASL_PROTOCOLS:
+        return (
+            f"closed the connection at the first request after connecting ({exc}): the "
+            "listener expects a SASL login (RELAY_KAFKA_SECURITY_PROTOCOL=SASL_SSL or "
+            "SASL_PLAINTEXT, with RELAY_KAFKA_SASL_MECHANISM, _USERNAME and _PASSWORD)"
+        )
+    return f"refused a metadata request after the login ({exc}): does the user have access?"
 
 
 def explain(exc: BaseException, options: Mapping[str, Any]) -> str:
@@ -216,7 +234,7 @@ def explain(exc: BaseException, options: Mapping[str, Any]) -> str:
             f"a wrong RELAY_KAFKA_SASL_PASSWORD or an unknown user ({exc})"
         )
     if isinstance(exc, UnsupportedSaslMechanismError):
-        return f"does not offer RELAY_KAFKA_SASL_MECHANISM={mechanism} ({exc})"
+        return f"does not offer RELAY_KAFKA_SASL_MECHANISM={mechanism}"
     if isinstance(exc, ssl.SSLCertVerificationError):
         hint = "RELAY_KAFKA_SSL_CAFILE must name the CA that signed it"
         if "hostname" in str(exc).lower() or "ip address" in str(exc).lower():

@@ -18,6 +18,7 @@ pipeline loads the scripts it carries before it is sent, a cluster pipeline does
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Generator
 from typing import TYPE_CHECKING, Any, TypeAlias, cast
 from urllib.parse import urlsplit
 
@@ -150,8 +151,8 @@ class ScriptingRedisCluster(RedisCluster):
 
 
 class ScriptingClusterPipeline(ClusterPipeline):
-    """Loads its scripts before it is sent, and resends the calls a node refused as
-    ``NOSCRIPT`` (a call refused that way never ran, so sending it again is safe)."""
+    """Carries ``EVALSHA``, loads its scripts before it is sent, and resends the calls a node
+    refused as ``NOSCRIPT`` (a call refused that way never ran, so sending it again is safe)."""
 
     def __init__(self, client: ScriptingRedisCluster, transaction: Any | None = None) -> None:
         super().__init__(client, transaction)
@@ -161,6 +162,19 @@ class ScriptingClusterPipeline(ClusterPipeline):
     def execute_command(self, *args: Any, **kwargs: Any) -> ClusterPipeline:
         self._queued.append((args, dict(kwargs)))
         return super().execute_command(*args, **kwargs)
+
+    def __await__(self) -> Generator[Any, None, ClusterPipeline]:
+        """Awaiting a queued call yields the pipeline, as a plain pipeline does (a script call
+        awaits it); redis-py's cluster pipeline would start afresh, dropping the calls queued."""
+        return self._itself().__await__()
+
+    async def _itself(self) -> ClusterPipeline:
+        return self
+
+    def evalsha(self, sha: str, numkeys: int, *keys_and_args: Any) -> ClusterPipeline:
+        """Queued like any keyed command. redis-py refuses ``EVALSHA`` in a cluster pipeline
+        because its pipeline would not load the script; this one does."""
+        return self.execute_command("EVALSHA", sha, numkeys, *keys_and_args)
 
     async def execute(
         self, raise_on_error: bool = True, allow_redirections: bool = True

@@ -153,6 +153,17 @@ class SentinelGroup:
         await _until("the sentinel to name a new master", moved)
         return await self.master_port()
 
+    async def kill_master(self) -> int:
+        """SIGKILL the current master (a crash); returns the port of the one promoted instead."""
+        before = await self.master_port()
+        (self.master if before == self.ports["master"] else self.replica).kill()
+
+        async def moved() -> bool:
+            return await self.master_port() != before
+
+        await _until("the sentinel to promote the replica", moved)
+        return await self.master_port()
+
     def stop(self) -> None:
         for proc in (self.sentinel, self.replica, self.master):
             proc.stop()
@@ -187,8 +198,8 @@ async def start_sentinel_group(workdir: Path) -> SentinelGroup:
             await wait_for_port(LOCALHOST, ports[name], READY_TIMEOUT_S, proc)
 
         async def replicating() -> bool:
-            info = await _command(ports["replica"], "INFO", "replication")
-            return "master_link_status:up" in str(info)
+            info = await _command(ports["replica"], "INFO", "replication")  # parsed to a dict
+            return bool(info.get("master_link_status") == "up")
 
         async def replica_known() -> bool:
             replicas = await _command(ports["sentinel"], "SENTINEL", "REPLICAS", SENTINEL_MASTER)

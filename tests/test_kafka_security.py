@@ -12,14 +12,13 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-import time
 import uuid
 from collections import Counter
 from pathlib import Path
 
-from tests.support.cli import run_relay
+from tests.support.cli import run_relay, wait_for_exit
 from tests.support.kafka_auth_proxy import Front, kafka_auth_front
-from tests.support.pipeline import Pipeline
+from tests.support.pipeline import Pipeline, charges_per_key
 from tests.support.services import ManagedProcess, TopicFactory
 from tests.support.tls import TlsFiles, write_tls_files
 from tests.support.webhook_receiver import Receiver
@@ -27,7 +26,6 @@ from tests.support.webhooks import read_topic, request, verified, webhook_dlq, w
 
 USER = "mindvideo-relay"
 RESULT_TIMEOUT_S = 60.0
-EXIT_TIMEOUT_S = 45.0
 RELAY_RUN = [sys.executable, "-m", "relay", "run"]
 
 
@@ -44,20 +42,6 @@ def _sasl_env(front: Front, tls: TlsFiles, mechanism: str, password: str) -> dic
         "RELAY_KAFKA_SASL_PASSWORD": password,
         "RELAY_KAFKA_SSL_CAFILE": str(tls.ca),
     }
-
-
-async def _exit_code(proc: ManagedProcess, timeout_s: float = EXIT_TIMEOUT_S) -> int | None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.returncode is not None:
-            break
-        await asyncio.sleep(0.1)
-    return proc.returncode
-
-
-async def _charges(pipeline: Pipeline) -> Counter[str]:
-    ledger = await pipeline.sim_get("/_sim/ledger")
-    return Counter(charge["idempotency_key"] for charge in ledger["charges"])
 
 
 async def test_whole_pipeline_over_sasl_ssl_scram_sha_512(
@@ -114,7 +98,7 @@ async def test_whole_pipeline_over_sasl_ssl_scram_sha_512(
         assert submitted.returncode == 0, submitted.output
         assert json.loads(submitted.stdout)["idempotency_key"] == submit_key
 
-        charges = await _charges(pipeline)
+        charges = await charges_per_key(pipeline)
         assert {k: charges[k] for k in (*keys, dead_key, submit_key)} == dict.fromkeys(
             (*keys, dead_key, submit_key), 1
         ), "every request charged exactly once"
@@ -144,7 +128,7 @@ async def test_a_wrong_password_is_a_clear_error_everywhere(
         relay = ManagedProcess("relay-wrong-password", RELAY_RUN, tmp_path, env)
         relay.start()
         try:
-            assert await _exit_code(relay) == 1
+            assert await wait_for_exit(relay) == 1
         finally:
             relay.stop()
         log = relay.log_path.read_text()
@@ -169,7 +153,7 @@ async def test_a_plaintext_relay_is_refused(pipeline: Pipeline, tmp_path: Path) 
         relay = ManagedProcess("relay-plaintext", RELAY_RUN, tmp_path, env)
         relay.start()
         try:
-            assert await _exit_code(relay) == 1
+            assert await wait_for_exit(relay) == 1
         finally:
             relay.stop()
     log = relay.log_path.read_text()

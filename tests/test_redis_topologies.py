@@ -8,13 +8,13 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 
 import pytest
 from redis.asyncio import RedisCluster as ClusterClient
 
-from tests.support.pipeline import Pipeline
+from tests.support.cli import wait_for_exit
+from tests.support.pipeline import Pipeline, charges_per_key
 from tests.support.redis_topologies import (
     SENTINEL_MASTER,
     RedisCluster,
@@ -29,11 +29,6 @@ from tests.support.webhooks import request, verified, webhook_dlq, webhook_env
 pytestmark = pytest.mark.integration
 
 RESULT_TIMEOUT_S = 90.0
-
-
-async def _charges(pipeline: Pipeline) -> Counter[str]:
-    ledger = await pipeline.sim_get("/_sim/ledger")
-    return Counter(charge["idempotency_key"] for charge in ledger["charges"])
 
 
 async def test_pipeline_and_webhooks_on_a_redis_cluster(
@@ -70,7 +65,7 @@ async def test_pipeline_and_webhooks_on_a_redis_cluster(
         while await pipeline.metric(port, "relay_dedupe_hits_total") < len(keys):
             assert time.monotonic() < deadline, "the replayed requests were not deduplicated"
             await asyncio.sleep(0.2)
-        charges = await _charges(pipeline)
+        charges = await charges_per_key(pipeline)
         assert {k: charges[k] for k in keys} == dict.fromkeys(keys, 1)
     finally:
         await receiver.stop()
@@ -111,7 +106,7 @@ async def test_sentinel_failovers_under_load_lose_nothing_and_charge_once(
         results = await pipeline.results(set(keys), RESULT_TIMEOUT_S)
         missing = set(keys) - {r.key for r in results}
         assert not missing, f"{len(missing)} requests lost in the failovers"
-        charges = await _charges(pipeline)
+        charges = await charges_per_key(pipeline)
         twice = {k: n for k, n in charges.items() if k in set(keys) and n != 1}
         assert not twice, f"charged more than once: {twice}"
         assert all(charges[k] == 1 for k in keys)
@@ -128,7 +123,7 @@ async def test_rediss_with_a_private_ca(pipeline: Pipeline, tmp_path: Path, uniq
         await pipeline.produce([request(key) for key in keys])
         results = await pipeline.results(set(keys), RESULT_TIMEOUT_S)
         assert {r.key for r in results} == set(keys)
-        charges = await _charges(pipeline)
+        charges = await charges_per_key(pipeline)
         assert {k: charges[k] for k in keys} == dict.fromkeys(keys, 1)
 
         untrusting = ManagedProcess(
@@ -139,14 +134,10 @@ async def test_rediss_with_a_private_ca(pipeline: Pipeline, tmp_path: Path, uniq
         )
         untrusting.start()
         try:
-            deadline = time.monotonic() + 30
-            while untrusting.returncode is None:
-                assert time.monotonic() < deadline, "a relay that cannot trust Redis must stop"
-                await asyncio.sleep(0.1)
+            assert await wait_for_exit(untrusting) == 1, "a relay that cannot trust Redis stops"
         finally:
             untrusting.stop()
         log = untrusting.log_path.read_text()
-        assert untrusting.returncode == 1
         assert "could not start" in log
         assert "certificate verify failed" in log
         assert "Traceback" not in log

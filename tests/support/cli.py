@@ -5,11 +5,25 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.support.services import ManagedProcess
+
 CLI_TIMEOUT_S = 120.0
+EXIT_TIMEOUT_S = 45.0
+
+
+async def wait_for_exit(proc: ManagedProcess, timeout_s: float = EXIT_TIMEOUT_S) -> int | None:
+    """The exit status of a process expected to stop by itself, ``None`` if it is still running."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.returncode is not None:
+            break
+        await asyncio.sleep(0.1)
+    return proc.returncode
 
 
 @dataclass(frozen=True)

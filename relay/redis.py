@@ -18,7 +18,8 @@ pipeline loads the scripts it carries before it is sent, a cluster pipeline does
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Generator
+import contextlib
+from collections.abc import Generator, Iterator
 from typing import TYPE_CHECKING, Any, TypeAlias, cast
 from urllib.parse import urlsplit
 
@@ -27,7 +28,7 @@ from redis.asyncio.client import Pipeline
 from redis.asyncio.cluster import ClusterPipeline
 from redis.asyncio.sentinel import Sentinel
 from redis.commands.core import AsyncScript
-from redis.exceptions import NoScriptError
+from redis.exceptions import ClusterError, NoScriptError, RedisClusterException
 from redis.typing import ScriptTextT
 
 from relay.kafka import unreadable
@@ -51,7 +52,8 @@ def redis_client(
 
     Standalone and sentinel clients share at most ``max_connections`` connections and a burst
     waits for one (up to ``POOL_TIMEOUT_S``) rather than failing; a cluster client holds up to
-    ``max_connections`` per node.
+    ``max_connections`` per node, and a call beyond that fails like any Redis error (the stores
+    batch their calls, so they hold a few connections, not one per request).
     """
     url = settings.redis_url
     tls: dict[str, Any] = {}
@@ -119,13 +121,22 @@ class SentinelMaster(Redis):
 
 
 class ScriptingRedisCluster(RedisCluster):
-    """A Redis Cluster client whose pipelines may carry the Lua scripts registered on it."""
+    """A Redis Cluster client whose pipelines may carry the Lua scripts registered on it.
+
+    Its failures are all ``RedisError``, as a standalone client's are: redis-py raises some
+    cluster trouble (a slot no node serves during a reshard) outside that tree, and the relay's
+    stores retry ``RedisError`` but would let anything else end their task.
+    """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._scripts: dict[str, ScriptTextT] = {}
         self._loaded: set[str] = set()
         self._loading = asyncio.Lock()
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        with _as_redis_error():
+            return await super().execute_command(*args, **kwargs)
 
     def register_script(self, script: ScriptTextT) -> AsyncScript:  # type: ignore[override]
         registered = super().register_script(script)
@@ -182,14 +193,16 @@ class ScriptingClusterPipeline(ClusterPipeline):
         queued, self._queued = self._queued, []
         shas = {str(args[1]) for args, _ in queued if str(args[0]).upper() == "EVALSHA"}
         await self._scripting.load_scripts(shas)
-        results = await super().execute(False, allow_redirections)
+        with _as_redis_error():
+            results = await super().execute(False, allow_redirections)
         refused = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
         if refused:
             await self._scripting.load_scripts(shas, again=True)
             for i in refused:
                 args, kwargs = queued[i]
                 super().execute_command(*args, **kwargs)
-            again = await super().execute(False, allow_redirections)
+            with _as_redis_error():
+                again = await super().execute(False, allow_redirections)
             for i, result in zip(refused, again, strict=True):
                 results[i] = result
         if raise_on_error:
@@ -201,6 +214,14 @@ class ScriptingClusterPipeline(ClusterPipeline):
     async def reset(self) -> None:  # type: ignore[override]
         self._queued = []
         await super().reset()  # type: ignore[no-untyped-call]
+
+
+@contextlib.contextmanager
+def _as_redis_error() -> Iterator[None]:
+    try:
+        yield
+    except RedisClusterException as exc:
+        raise ClusterError(f"{type(exc).__name__}: {exc}") from exc
 
 
 def pipeline(redis: RedisClient) -> Pipeline:

@@ -9,10 +9,12 @@ from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
+from redis.exceptions import RedisError
 
 from relay.kafka import kafka_client_options
 from relay.redis import ScriptingRedisCluster, SentinelMaster, redis_client
 from relay.settings import RelaySettings
+from tests.support.services import free_port
 from tests.support.tls import TlsFiles, write_tls_files
 
 PASSWORD = "pa55-w0rd-never-logged"
@@ -233,3 +235,15 @@ def test_role_and_webhooks_enabled_must_agree(
 
 def test_unknown_role_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "role" in _refused(monkeypatch, ROLE="both")
+
+
+async def test_cluster_trouble_is_a_redis_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stores retry RedisError; redis-py raises an unreachable cluster outside that tree."""
+    client = redis_client(
+        _settings(monkeypatch, REDIS_URL=f"redis://127.0.0.1:{free_port()}", REDIS_MODE="cluster")
+    )
+    try:
+        with pytest.raises(RedisError, match="RedisClusterException"):
+            await client.ping()
+    finally:
+        await client.aclose()

@@ -12,6 +12,7 @@ appears in it.
 
 from __future__ import annotations
 
+import logging
 import ssl
 from collections.abc import Mapping
 from pathlib import Path
@@ -36,6 +37,7 @@ TLS_PROTOCOLS = frozenset({"SSL", "SASL_SSL"})
 SASL_PROTOCOLS = frozenset({"SASL_PLAINTEXT", "SASL_SSL"})
 PROBE_TIMEOUT_MS = 10_000
 _PRIVATE_KEY_MARKER = b"PRIVATE KEY-----"
+_AIOKAFKA_CONN_LOGGER = "aiokafka.conn"
 
 
 class StartableClient(Protocol):
@@ -53,10 +55,33 @@ def kafka_client_options(settings: RelaySettings) -> dict[str, Any]:
         options["ssl_context"] = _ssl_context(settings)
     if protocol in SASL_PROTOCOLS:
         assert settings.kafka_sasl_password is not None  # security_problems() made sure
+        _hide_sasl_tokens()
         options["sasl_mechanism"] = settings.kafka_sasl_mechanism
         options["sasl_plain_username"] = settings.kafka_sasl_username
         options["sasl_plain_password"] = settings.kafka_sasl_password.get_secret_value()
     return options
+
+
+class _SaslTokenFilter(logging.Filter):
+    """aiokafka logs every request it sends at DEBUG, SASL tokens included, and a PLAIN token is
+    the password: with ``RELAY_LOG_LEVEL=DEBUG`` the token is replaced before it is written."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and any(_is_sasl(arg) for arg in record.args):
+            record.args = tuple(
+                "SaslAuthenticateRequest(<hidden>)" if _is_sasl(arg) else arg for arg in record.args
+            )
+        return True
+
+
+def _is_sasl(value: object) -> bool:
+    return type(value).__name__.startswith("SaslAuthenticateRequest")
+
+
+def _hide_sasl_tokens() -> None:
+    conn_log = logging.getLogger(_AIOKAFKA_CONN_LOGGER)
+    if not any(isinstance(f, _SaslTokenFilter) for f in conn_log.filters):
+        conn_log.addFilter(_SaslTokenFilter())
 
 
 def _ssl_context(settings: RelaySettings) -> ssl.SSLContext:

@@ -11,11 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import sys
 import uuid
 from collections import Counter
 from pathlib import Path
 
+import pytest
+from aiokafka.conn import create_conn
+from pydantic import SecretStr
+
+from relay.kafka import kafka_client_options
+from relay.settings import RelaySettings
 from tests.support.cli import run_relay, wait_for_exit
 from tests.support.kafka_auth_proxy import Front, kafka_auth_front
 from tests.support.pipeline import Pipeline, charges_per_key
@@ -192,7 +199,7 @@ async def test_mutual_tls(pipeline: Pipeline, tmp_path: Path, unique: str) -> No
 
 
 async def test_sasl_plain_and_scram_sha_256_over_tls(
-    pipeline: Pipeline, tmp_path: Path, unique: str
+    pipeline: Pipeline, tmp_path: Path, unique: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     tls = write_tls_files(tmp_path / "tls")
     password = _password()
@@ -208,7 +215,25 @@ async def test_sasl_plain_and_scram_sha_256_over_tls(
             key = f"{mechanism.lower()}-{unique[:8]}"
             submitted = await run_relay(["submit", "--prompt", "x", "--key", key], env, tmp_path)
             assert submitted.returncode == 0, submitted.output
+        # A PLAIN token is the password: aiokafka's DEBUG log of every request must not show it.
+        options = kafka_client_options(
+            RelaySettings(
+                kafka_bootstrap_servers=front.bootstrap,
+                kafka_security_protocol="SASL_SSL",
+                kafka_sasl_mechanism="PLAIN",
+                kafka_sasl_username=USER,
+                kafka_sasl_password=SecretStr(password),
+                kafka_ssl_cafile=tls.ca,
+            )
+        )
+        host, port = front.bootstrap.rsplit(":", 1)
+        security = {k: v for k, v in options.items() if k != "bootstrap_servers"}
+        with caplog.at_level(logging.DEBUG, logger="aiokafka.conn"):
+            conn = await create_conn(host, int(port), **security)
+            conn.close()
         logins = set(front.logins())
+    assert "SaslAuthenticateRequest(<hidden>)" in caplog.text
+    assert password not in caplog.text
     assert logins == {f"{USER} via PLAIN", f"{USER} via SCRAM-SHA-256"}
     records = await read_topic(pipeline.bootstrap, pipeline.requests_topic, 2, 30)
     assert {r.key for r in records} == {f"plain-{unique[:8]}", f"scram-sha-256-{unique[:8]}"}

@@ -124,11 +124,13 @@ def security_problems(settings: RelaySettings) -> list[str]:
             if value
         ]
     if protocol not in TLS_PROTOCOLS:
+        tls_set = [name for name, value in tls.items() if value]
+        if "kafka_ssl_check_hostname" in settings.model_fields_set:
+            tls_set.append("RELAY_KAFKA_SSL_CHECK_HOSTNAME")
         problems += [
             f"{name} is set but RELAY_KAFKA_SECURITY_PROTOCOL={protocol} does not use TLS "
             "(SSL or SASL_SSL does)"
-            for name, value in tls.items()
-            if value
+            for name in tls_set
         ]
         return problems
     for name, path in tls.items():

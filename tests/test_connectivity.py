@@ -105,8 +105,12 @@ def test_impossible_kafka_combinations_name_the_variable(
     assert PASSWORD not in message, "a refused setting is not echoed"
     for name in ("USERNAME", "PASSWORD"):
         monkeypatch.delenv(f"RELAY_KAFKA_SASL_{name}")
-    message = _refused(monkeypatch, KAFKA_SSL_CAFILE=str(tls.ca))
-    assert "RELAY_KAFKA_SSL_CAFILE is set but RELAY_KAFKA_SECURITY_PROTOCOL=PLAINTEXT" in message
+    message = _refused(monkeypatch, KAFKA_SSL_CAFILE=str(tls.ca), KAFKA_SSL_CHECK_HOSTNAME="false")
+    for name in ("CAFILE", "CHECK_HOSTNAME"):
+        assert (
+            f"RELAY_KAFKA_SSL_{name} is set but RELAY_KAFKA_SECURITY_PROTOCOL=PLAINTEXT" in message
+        )
+    monkeypatch.delenv("RELAY_KAFKA_SSL_CHECK_HOSTNAME")
     message = _refused(
         monkeypatch, KAFKA_SECURITY_PROTOCOL="SSL", KAFKA_SSL_CERTFILE=str(tls.client_cert)
     )

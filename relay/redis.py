@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
 from redis.asyncio.client import Pipeline
 from redis.asyncio.cluster import ClusterPipeline
+from redis.asyncio.connection import parse_url
 from redis.asyncio.sentinel import Sentinel
 from redis.commands.core import AsyncScript
 from redis.exceptions import ClusterError, NoScriptError, RedisClusterException
@@ -50,10 +51,11 @@ def redis_client(
 ) -> RedisClient:
     """A client for ``settings``' Redis; it connects on first use.
 
-    Standalone and sentinel clients share at most ``max_connections`` connections and a burst
-    waits for one (up to ``POOL_TIMEOUT_S``) rather than failing; a cluster client holds up to
-    ``max_connections`` per node, and a call beyond that fails like any Redis error (the stores
-    batch their calls, so they hold a few connections, not one per request).
+    A standalone client shares at most ``max_connections`` connections and a burst waits for
+    one (up to ``POOL_TIMEOUT_S``) rather than failing. Sentinel and cluster clients (redis-py
+    has no waiting pool for them) hold up to ``max_connections`` (per node for a cluster), and a
+    call beyond that fails like any Redis error; the stores batch their calls, so they hold a
+    few connections, not one per request.
     """
     url = settings.redis_url
     tls: dict[str, Any] = {}
@@ -82,8 +84,9 @@ def redis_client(
 def _sentinel_master(
     settings: RelaySettings, max_connections: int, tls: dict[str, Any]
 ) -> SentinelMaster:
-    url = urlsplit(settings.redis_url)
-    if url.scheme == "rediss":
+    # The URL's scheme, credentials and database; its host is the sentinels' to name.
+    url = parse_url(settings.redis_url)
+    if urlsplit(settings.redis_url).scheme == "rediss":
         tls["ssl"] = True
     sentinel_password = settings.redis_sentinel_password
     sentinel = Sentinel(  # type: ignore[no-untyped-call]
@@ -94,9 +97,9 @@ def _sentinel_master(
             "socket_connect_timeout": SENTINEL_TIMEOUT_S,
             **tls,
         },
-        username=url.username,
-        password=url.password,
-        db=int(url.path.strip("/") or 0),
+        username=url.get("username"),
+        password=url.get("password"),
+        db=url.get("db", 0),
         socket_connect_timeout=CONNECT_TIMEOUT_S,
         **tls,
     )

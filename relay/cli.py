@@ -18,13 +18,13 @@ import sys
 from collections.abc import Callable
 
 from aiokafka.errors import KafkaError
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from relay import __version__, eventloop
 from relay.configuration import load_service_settings, load_settings
 from relay.exceptions import ConfigurationError, StartupError
 from relay.logs import setup_logging
+from relay.redis import redis_client
 from relay.service import Relay
 from relay.settings import RelaySettings
 from relay.startup import describe_start_failure, quiet_kafka_client, redis_address
@@ -121,8 +121,11 @@ def _cmd_webhooks_replay(args: argparse.Namespace) -> int:
     async def replay() -> ReplayCounts:
         # Redis first: a replay set up against the wrong Redis fails now, not after reading
         # the topic, and never reports deliveries scheduled where no relay will see them.
-        async with Redis.from_url(settings.redis_url) as redis:
+        redis = redis_client(settings, max_connections=1)
+        try:
             await redis.ping()
+        finally:
+            await redis.aclose()
         return await replay_dead_letters(settings, endpoint=args.endpoint, key=args.key)
 
     try:

@@ -8,6 +8,7 @@ variable to change (``relay.settings_errors``).
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -31,6 +32,10 @@ _MAKE_KEY = (
 )
 
 DEFAULT_WEBHOOK_RETRY_SCHEDULE_S = [0.0, 5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0]
+
+
+def _upper(value: object) -> object:  # for the production connectivity block
+    return value.strip().upper() if isinstance(value, str) else value
 
 
 def _split(value: object) -> object:
@@ -131,6 +136,54 @@ class RelaySettings(BaseSettings):
     webhook_rate_limits: Annotated[dict[str, float], NoDecode] = Field(default_factory=dict)
     webhook_events_topic: str | None = None
     webhook_shards: int = Field(default=16, ge=1, le=1024)
+
+    # --- Production connectivity (DESIGN §8; README "Connecting to production Kafka and Redis").
+    # Kept together on purpose. Checked as a whole by _connectivity below: every combination
+    # that cannot work (SASL without credentials, a certificate without its key, an unreadable
+    # file, a Sentinel without sentinels) is refused at start, naming the RELAY_ variable.
+    role: Literal["all", "requests", "webhooks"] = "all"
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: Path | None = None
+    kafka_ssl_certfile: Path | None = None
+    kafka_ssl_keyfile: Path | None = None
+    kafka_ssl_check_hostname: bool = True
+    redis_mode: Literal["standalone", "cluster", "sentinel"] = "standalone"
+    redis_sentinels: CommaList = Field(default_factory=list)
+    redis_sentinel_master: str | None = None
+    redis_sentinel_password: SecretStr | None = None
+    redis_ssl_cafile: Path | None = None
+
+    _upper_case = field_validator("kafka_security_protocol", "kafka_sasl_mechanism", mode="before")(
+        _upper
+    )
+    _split_sentinels = field_validator("redis_sentinels", mode="before")(_split)
+
+    @model_validator(mode="after")
+    def _connectivity(self) -> RelaySettings:
+        from relay.kafka import security_problems
+        from relay.redis import topology_problems
+
+        problems = [*security_problems(self), *topology_problems(self)]
+        # RELAY_WEBHOOKS_ENABLED is the older spelling of RELAY_ROLE: if both are set, they agree.
+        disagree = (self.role, self.webhooks_enabled) in (("requests", True), ("webhooks", False))
+        if disagree and "webhooks_enabled" in self.model_fields_set:
+            problems.append(
+                f"RELAY_ROLE={self.role} and RELAY_WEBHOOKS_ENABLED="
+                f"{str(self.webhooks_enabled).lower()} disagree; unset RELAY_WEBHOOKS_ENABLED "
+                "(RELAY_ROLE replaces it)"
+            )
+        if problems:
+            raise ValueError("; ".join(problems))
+        if self.role == "all" and not self.webhooks_enabled:
+            self.role = "requests"  # the deprecated spelling of RELAY_ROLE=requests
+        # Kept in step with the role, bypassing pydantic so it still reads as not set.
+        object.__setattr__(self, "webhooks_enabled", self.role != "requests")
+        return self
+
+    # --- end of production connectivity
 
     # HTTP and process
     http_host: str = "0.0.0.0"
@@ -269,12 +322,13 @@ class RelaySettings(BaseSettings):
         nothing and call no MindVideo API.
         """
         problems = []
-        if not self.mindvideo_api_key.get_secret_value().strip():
+        # A webhooks-only process calls no MindVideo API; a requests-only one signs nothing.
+        if self.role != "webhooks" and not self.mindvideo_api_key.get_secret_value().strip():
             problems.append(
                 "RELAY_MINDVIDEO_API_KEY is empty: set it to your MindVideo key "
                 "(mv_live_… or mv_test_…)"
             )
-        if self.webhooks_enabled and not self.webhook_secrets and not self.webhook_allow_unsigned:
+        if self.role != "requests" and not self.webhook_secrets and not self.webhook_allow_unsigned:
             problems.append(
                 "RELAY_WEBHOOK_SECRETS is empty, so webhooks would go out unsigned: set a "
                 f"whsec_ secret of at least {MIN_WEBHOOK_SECRET_BYTES} bytes, or "

@@ -25,11 +25,11 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
 from relay.models import WebhookDelivery
 from relay.origins import origin_of
+from relay.redis import RedisClient, pipeline
 from relay.settings import RelaySettings
 from relay.webhooks import scripts
 from relay.webhooks.history import (
@@ -69,7 +69,7 @@ class DeliveryStore:
 
     def __init__(
         self,
-        redis: Redis,
+        redis: RedisClient,
         *,
         prefix: str,
         done_retention_s: int,
@@ -124,7 +124,7 @@ class DeliveryStore:
         if not deliveries:
             return 0
         now = self._clock()
-        async with self._redis.pipeline(transaction=False) as pipe:
+        async with pipeline(self._redis) as pipe:
             for d in deliveries:
                 await self._schedule_one(pipe, d, due, force, now)
             results = await pipe.execute()
@@ -159,7 +159,7 @@ class DeliveryStore:
     async def due(self, now: float, limit: int) -> list[DueRef]:
         """Up to ``limit`` due deliveries, taken in turn from every shard that has some (the
         first shard rotates), so a backlog in one shard never starves the others."""
-        async with self._redis.pipeline(transaction=False) as pipe:
+        async with pipeline(self._redis) as pipe:
             for shard in range(self.shards):
                 pipe.zrangebyscore(self.due_key(shard), "-inf", repr(now), start=0, num=limit)
             per_shard = await pipe.execute()
@@ -177,7 +177,7 @@ class DeliveryStore:
 
     async def next_due(self) -> float | None:
         """The earliest due time over all shards (leases included); ``None`` when idle."""
-        async with self._redis.pipeline(transaction=False) as pipe:
+        async with pipeline(self._redis) as pipe:
             for shard in range(self.shards):
                 pipe.zrange(self.due_key(shard), 0, 0, withscores=True)
             firsts = await pipe.execute()
@@ -185,14 +185,14 @@ class DeliveryStore:
         return min(scores) if scores else None
 
     async def pending(self) -> int:
-        async with self._redis.pipeline(transaction=False) as pipe:
+        async with pipeline(self._redis) as pipe:
             for shard in range(self.shards):
                 pipe.zcard(self.due_key(shard))
             return sum(int(n) for n in await pipe.execute())
 
     async def pending_by_origin(self) -> dict[str, int]:
         """Pending deliveries per origin, over every process and shard."""
-        async with self._redis.pipeline(transaction=False) as pipe:
+        async with pipeline(self._redis) as pipe:
             for shard in range(self.shards):
                 pipe.hgetall(self.index_keys(shard)[1])
             maps = await pipe.execute()
@@ -207,7 +207,7 @@ class DeliveryStore:
         if not refs:
             return []
         token = secrets.token_hex(8)
-        async with self._redis.pipeline(transaction=False) as pipe:
+        async with pipeline(self._redis) as pipe:
             for ref in refs:
                 await self._claim(
                     keys=[self.due_key(ref.shard), self.hash_key(ref.shard, ref.delivery_id)],
@@ -277,7 +277,7 @@ class DeliveryStore:
         return bool(result)
 
 
-def store_from_settings(redis: Redis, settings: RelaySettings) -> DeliveryStore:
+def store_from_settings(redis: RedisClient, settings: RelaySettings) -> DeliveryStore:
     return DeliveryStore(
         redis,
         prefix=settings.redis_key_prefix,

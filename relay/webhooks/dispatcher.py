@@ -12,10 +12,11 @@ from typing import Any
 
 from aiohttp.abc import AbstractResolver
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from redis.asyncio import Redis
 
+from relay.kafka import kafka_client_options
 from relay.metrics import RelayMetrics
 from relay.origins import OriginLabels
+from relay.redis import RedisClient
 from relay.settings import RelaySettings
 from relay.topics import create_topics
 from relay.webhooks.admission import EndpointAdmission
@@ -57,7 +58,7 @@ class WebhookDispatcher:
     def __init__(
         self,
         settings: RelaySettings,
-        redis: Redis,
+        redis: RedisClient,
         producer: AIOKafkaProducer,
         metrics: RelayMetrics,
         *,
@@ -120,7 +121,7 @@ class WebhookDispatcher:
             clock=clock,
         )
         self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=s.kafka_bootstrap_servers,
+            **kafka_client_options(s),
             group_id=s.webhook_consumer_group,
             group_instance_id=s.kafka_group_instance_id,
             client_id=f"{s.kafka_client_id}-webhooks",
@@ -172,7 +173,7 @@ class WebhookDispatcher:
         s = self._settings
         if s.kafka_create_topics:
             await create_topics(
-                s.kafka_bootstrap_servers,
+                kafka_client_options(s),
                 [t for t in (s.webhook_dead_letter_topic, s.webhook_events_topic) if t],
                 s.kafka_topic_partitions,
                 exact=False,
@@ -192,6 +193,12 @@ class WebhookDispatcher:
                 "retry_schedule_s": s.webhook_retry_schedule,
             },
         )
+
+    async def wait(self) -> None:
+        """Return when the intake or the worker ends: only on stop or on a fatal error."""
+        done, _ = await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            task.result()  # a fatal error propagates to the caller
 
     def problem(self) -> str | None:
         """For readiness: why the dispatcher is not working, or ``None``."""

@@ -20,10 +20,11 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 from aiokafka.partitioner import DefaultPartitioner
 from pydantic import ValidationError
-from redis.asyncio import Redis
 
+from relay.kafka import kafka_client_options
 from relay.models import WebhookDeadLetter
 from relay.origins import origin_of
+from relay.redis import pipeline, redis_client
 from relay.settings import RelaySettings
 from relay.webhooks.deliveries import DeliveryStore, store_from_settings, text_of
 from relay.webhooks.history import AttemptRecord, decode_history, decode_tombstones, id_prefix
@@ -59,13 +60,13 @@ async def key_deliveries(store: DeliveryStore, key: str, now: float) -> list[dic
     """The key's deliveries in Redis: pending ones first, then finished ones, oldest first."""
     shard = store.shard_of(key)
     done_keys = store.done_keys(shard, now)
-    async with store.redis.pipeline(transaction=False) as pipe:
+    async with pipeline(store.redis) as pipe:
         pipe.hget(store.index_keys(shard)[0], key)
         for name in reversed(done_keys):  # oldest bucket first
             pipe.hget(name, key)
         raw_ids, *tombs = await pipe.execute()
     ids = text_of(raw_ids).split() if raw_ids else []
-    async with store.redis.pipeline(transaction=False) as pipe:
+    async with pipeline(store.redis) as pipe:
         for delivery_id in ids:
             pipe.hmget(store.hash_key(shard, delivery_id), _PENDING_FIELDS)
             pipe.zscore(store.due_key(shard), delivery_id)
@@ -172,7 +173,7 @@ async def dead_letters_for_key(
 def dead_letter_consumer(settings: RelaySettings, purpose: str) -> AIOKafkaConsumer:
     """A consumer without a group for reading the webhook dead-letter topic."""
     return AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap_servers,
+        **kafka_client_options(settings),
         client_id=f"{settings.kafka_client_id}-{purpose}",
         group_id=None,
         enable_auto_commit=False,
@@ -209,7 +210,7 @@ async def lookup_cli(
     settings: RelaySettings, key: str, *, dead_letters: bool = True
 ) -> dict[str, Any]:
     """``relay webhooks status --key``: the lookup with clients of its own."""
-    redis = Redis.from_url(settings.redis_url)
+    redis = redis_client(settings)
     try:
         store = store_from_settings(redis, settings)
         return await lookup_key(settings, store, key, dead_letters=dead_letters)

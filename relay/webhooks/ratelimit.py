@@ -18,7 +18,7 @@ import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from redis.asyncio import Redis
+from relay.redis import RedisClient
 
 DEFAULT_KEY = "default"
 RATE_MARGIN = 0.98
@@ -74,7 +74,7 @@ class Reservation:
 class RateLimiter:
     """Reserves send times for origins in Redis (one key, one slot, one script per call)."""
 
-    def __init__(self, redis: Redis, *, prefix: str, limits: RateLimits) -> None:
+    def __init__(self, redis: RedisClient, *, prefix: str, limits: RateLimits) -> None:
         self.limits = limits
         self._prefix = prefix
         self._reserve = redis.register_script(_RESERVE_LUA)

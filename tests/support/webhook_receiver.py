@@ -4,6 +4,7 @@ arrives and answers as the test scripts it (status codes, hangs, being down)."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,10 +34,18 @@ class Receiver:
     """Records every request; ``behaviour`` decides the answer."""
 
     behaviour: Behaviour = lambda _: 200
-    port: int = field(default_factory=free_port)
+    # 0: a port of its own, held from construction on (bound, not yet listening, so connections
+    # are refused until ``start``), so no other process's connection can take it meanwhile.
+    port: int = 0
     path: str = "/hook"
     deliveries: list[Delivery] = field(default_factory=list)
     _runner: web.AppRunner | None = None
+    _sock: socket.socket | None = None
+
+    def __post_init__(self) -> None:
+        if self.port == 0:
+            self._sock = _bound_socket(0)
+            self.port = self._sock.getsockname()[1]
 
     @property
     def url(self) -> str:
@@ -61,7 +70,8 @@ class Receiver:
             app, access_log=None, handler_cancellation=True, shutdown_timeout=0.1
         )
         await self._runner.setup()
-        await web.TCPSite(self._runner, LOCALHOST, self.port).start()
+        sock, self._sock = self._sock or _bound_socket(self.port), None
+        await web.SockSite(self._runner, sock).start()  # the site closes it on cleanup
 
     async def stop(self) -> None:
         if self._runner is not None:
@@ -117,3 +127,10 @@ class DeadReceiver:
             self._server.close()
             await self._server.wait_closed()
             self._server = None
+
+
+def _bound_socket(port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a restart right after a stop
+    sock.bind((LOCALHOST, port))
+    return sock

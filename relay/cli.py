@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import signal
 import sys
@@ -18,13 +19,13 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from aiokafka.errors import KafkaError
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from relay import __version__, eventloop
 from relay.configuration import load_service_settings, load_settings, load_tracing_config
 from relay.exceptions import ConfigurationError, StartupError
 from relay.logs import setup_logging
+from relay.redis import redis_client
 from relay.service import Relay
 from relay.settings import RelaySettings
 from relay.startup import describe_start_failure, quiet_kafka_client, redis_address
@@ -125,8 +126,11 @@ def _cmd_webhooks_replay(args: argparse.Namespace) -> int:
     async def replay() -> ReplayCounts:
         # Redis first: a replay set up against the wrong Redis fails now, not after reading
         # the topic, and never reports deliveries scheduled where no relay will see them.
-        async with Redis.from_url(settings.redis_url) as redis:
+        redis = redis_client(settings, max_connections=1)
+        try:
             await redis.ping()
+        finally:
+            await redis.aclose()
         return await replay_dead_letters(settings, endpoint=args.endpoint, key=args.key)
 
     try:
@@ -142,6 +146,22 @@ def _cmd_webhooks_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_webhooks_status(args: argparse.Namespace) -> int:
+    settings = _load("relay webhooks status", load_settings)
+    setup_logging(settings.log_level, settings.log_format)
+    quiet_kafka_client()
+    from relay.webhooks.lookup import format_text, lookup_cli
+
+    try:
+        doc = asyncio.run(lookup_cli(settings, args.key, dead_letters=not args.no_dead_letters))
+    except (KafkaError, RedisError, StartupError) as exc:
+        failure = describe_start_failure(exc, settings)
+        print(f"relay webhooks status: {failure}", file=sys.stderr)
+        return failure.exit_code
+    print(json.dumps(doc, indent=2) if args.json else format_text(doc))
+    return 0 if doc["deliveries"] or doc.get("dead_letters", {}).get("letters") else 1
+
+
 def _add_webhook_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     webhooks = commands.add_parser("webhooks", help="operate webhook deliveries")
     actions = webhooks.add_subparsers(dest="webhooks_command", required=True)
@@ -154,6 +174,17 @@ def _add_webhook_commands(commands: argparse._SubParsersAction) -> None:  # type
     replay.add_argument("--key", help="only deliveries of this idempotency key")
     replay.add_argument("--all", action="store_true", help="every dead-lettered delivery")
     replay.set_defaults(func=_cmd_webhooks_replay)
+    status = actions.add_parser(
+        "status",
+        help="every attempt of a key's webhooks: time, origin, status or error, latency, "
+        "next due time (from Redis and RELAY_WEBHOOK_DEAD_LETTER_TOPIC); exit 1 if none",
+    )
+    status.add_argument("--key", required=True, help="the idempotency key")
+    status.add_argument("--json", action="store_true", help="print the JSON document")
+    status.add_argument(
+        "--no-dead-letters", action="store_true", help="skip reading the dead-letter topic"
+    )
+    status.set_defaults(func=_cmd_webhooks_status)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -6,6 +6,7 @@
 - ``FollowTimeout``: a task did not end within ``RELAY_TASK_TIMEOUT_S`` of its submit; fail it.
 
 What each of them leads to at each step of a request is one table: ``relay.pipeline.lifecycle``.
+- ``ConnectivityError``: Kafka or Redis refuses how the relay connects; do not start.
 """
 
 from __future__ import annotations
@@ -98,6 +99,14 @@ class ConfigurationError(StartupError):
     def __init__(self, problems: list[str]) -> None:
         super().__init__("; ".join(problems))
         self.problems = problems
+
+
+class ConnectivityError(StartupError):
+    """Kafka or Redis refuses the connection settings (a SASL login, a TLS certificate, the wrong
+    protocol): retrying will not help, the operator must fix a setting the message names. Exit
+    code 1, like any dependency the relay cannot use."""
+
+    exit_code = 1
 
 
 class DependencyUnavailable(StartupError):

@@ -1,9 +1,10 @@
 """The relay's own HTTP endpoints (DESIGN §7) and its status page.
 
-``/healthz`` (the process and its event loop answer), ``/readyz`` (Kafka, Redis and MindVideo
-credentials usable, each problem named), ``/metrics`` (Prometheus text), ``/`` and
-``/status.json`` (the status page). With ``RELAY_HTTP_TOKEN`` set, everything but the three
-probe and scrape endpoints needs ``Authorization: Bearer <token>`` (or ``?token=`` for a browser).
+``/healthz`` (the process and its event loop answer), ``/readyz`` (Kafka and Redis usable; every
+check named in the body, MindVideo's credentials included), ``/metrics`` (Prometheus text),
+``/`` and ``/status.json`` (the status page), ``/webhooks/deliveries?key=K`` (every attempt of a
+key's webhooks, docs/webhooks.md). With ``RELAY_HTTP_TOKEN`` set, everything but the three probe
+and scrape endpoints needs ``Authorization: Bearer <token>`` (or ``?token=`` for a browser).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import hmac
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
@@ -19,7 +21,15 @@ from relay.metrics import METRICS_CONTENT_TYPE, RelayMetrics
 from relay.status import STATUS_PAGE_HTML, RecentResults, status_document
 
 ReadinessCheck = Callable[[], Awaitable[dict[str, str | None]]]
+EndpointRows = Callable[[], Awaitable[list[dict[str, Any]]]]
+DeliveryLookup = Callable[[str, bool], Awaitable[dict[str, Any]]]
+MAX_KEY_CHARS = 255
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+# Checks /readyz reports but that do not make it answer 503: refused MindVideo credentials are
+# the operator's to fix and no restart or reschedule helps, while an unready pod counts as
+# disrupted for a PodDisruptionBudget and would block node drains and rollouts. The relay takes
+# no new work meanwhile; ``relay_dependency_up{dependency="mindvideo"}`` and an alert say why.
+ADVISORY_CHECKS = frozenset({"mindvideo"})
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -44,14 +54,21 @@ def _token_guard(token: str) -> Middleware:
     return guard
 
 
+def _error(status: int, code: str, message: str) -> web.Response:
+    return web.json_response({"error": {"code": code, "message": message}}, status=status)
+
+
 def build_http_app(
     metrics: RelayMetrics,
     readiness: ReadinessCheck,
     *,
     recent: RecentResults | None = None,
     token: str | None = None,
+    webhook_endpoints: EndpointRows | None = None,
+    webhook_lookup: DeliveryLookup | None = None,
 ) -> web.Application:
-    """``readiness`` returns each dependency's problem (``None`` when fine)."""
+    """``readiness`` returns each dependency's problem (``None`` when fine); the webhook
+    callables come from the dispatcher (``None`` when webhooks are disabled here)."""
     started_at = time.time()
     recent = recent or RecentResults()
 
@@ -60,9 +77,11 @@ def build_http_app(
 
     async def readyz(_: web.Request) -> web.Response:
         checks = await readiness()
-        ready = all(problem is None for problem in checks.values())
+        failing = {name for name, problem in checks.items() if problem is not None}
+        ready = not failing - ADVISORY_CHECKS
+        status = "not_ready" if not ready else "degraded" if failing else "ready"
         body = {
-            "status": "ready" if ready else "not_ready",
+            "status": status,
             "checks": {name: problem or "ok" for name, problem in checks.items()},
         }
         return web.json_response(body, status=200 if ready else 503)
@@ -80,7 +99,18 @@ def build_http_app(
         )
 
     async def status_json(_: web.Request) -> web.Response:
-        doc = status_document(metrics.registry, recent, await readiness(), started_at)
+        endpoints = await webhook_endpoints() if webhook_endpoints else []
+        doc = status_document(metrics.registry, recent, await readiness(), started_at, endpoints)
+        return web.json_response(doc, headers={"Cache-Control": "no-store"})
+
+    async def webhook_deliveries(request: web.Request) -> web.Response:
+        key = request.query.get("key", "")
+        if not key or len(key) > MAX_KEY_CHARS:
+            return _error(400, "bad_request", "give ?key=<idempotency key> (1-255 characters)")
+        if webhook_lookup is None:
+            return _error(404, "webhooks_disabled", "this process does not deliver webhooks")
+        with_dead_letters = request.query.get("dead_letters", "true").lower() != "false"
+        doc = await webhook_lookup(key, with_dead_letters)
         return web.json_response(doc, headers={"Cache-Control": "no-store"})
 
     app = web.Application(middlewares=[_token_guard(token)] if token else [])
@@ -89,4 +119,5 @@ def build_http_app(
     app.router.add_get("/metrics", metrics_endpoint)
     app.router.add_get("/", status_page)
     app.router.add_get("/status.json", status_json)
+    app.router.add_get("/webhooks/deliveries", webhook_deliveries)
     return app

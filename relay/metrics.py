@@ -12,9 +12,19 @@ import re
 from collections.abc import Callable, Iterable
 from typing import Generic, TypeVar
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from relay import __version__
 from relay.schemas import known_models
 
 # Generation tasks run from seconds to an hour; the default buckets stop at 10 s.
@@ -229,11 +239,13 @@ class RelayMetrics:
         )
 
         # Webhooks (docs/webhooks.md); a dashboard depends on these names and label values.
+        # ``origin`` is a configured origin (RELAY_WEBHOOK_DEFAULT_URL, RELAY_WEBHOOK_RATE_LIMITS)
+        # or "other": bounded by the operator, never taken from a request.
         self.webhook_attempts = Counter(
             "relay_webhook_attempts_total",
-            "Webhook delivery attempts by outcome: success, http_4xx, http_5xx, timeout, "
-            "connection_error, refused, gone, circuit_open (deferred, not attempted).",
-            ["outcome"],
+            "Webhook delivery attempts by origin and outcome: success, http_4xx, http_5xx, "
+            "timeout, connection_error, refused, gone, circuit_open (deferred, not attempted).",
+            ["origin", "outcome"],
             registry=r,
         )
         self.webhook_delivery_latency = Histogram(
@@ -257,6 +269,32 @@ class RelayMetrics:
             "Endpoints whose circuit breaker is open or half-open in this process.",
             registry=r,
         )
+        self.webhook_endpoint_circuit_open = Gauge(
+            "relay_webhook_endpoint_circuit_open",
+            "Origins whose breaker is open or half-open in this process, by origin label.",
+            ["origin"],
+            registry=r,
+        )
+        self.webhook_circuit_transitions = Counter(
+            "relay_webhook_circuit_transitions_total",
+            "Breaker state changes in this process, by origin label and new state "
+            "(open, half_open, closed).",
+            ["origin", "state"],
+            registry=r,
+        )
+        self.webhook_rate_limited = Counter(
+            "relay_webhook_rate_limited_total",
+            "Attempts held by RELAY_WEBHOOK_RATE_LIMITS: waited (slept under a second) or "
+            "deferred (given back to Redis, not an attempt).",
+            ["origin", "action"],
+            registry=r,
+        )
+        self.webhook_pending_deliveries = Gauge(
+            "relay_webhook_pending_deliveries",
+            "Webhook deliveries not finished yet, all processes, by origin label.",
+            ["origin"],
+            registry=r,
+        )
         self.webhook_deliveries = Counter(
             "relay_webhook_deliveries_total",
             "Finished webhook deliveries by outcome: delivered, dead_lettered, no_endpoint, gone.",
@@ -265,10 +303,20 @@ class RelayMetrics:
         )
         self.webhook_internal_errors = Counter(
             "relay_webhook_internal_errors_total",
-            "Redis or Kafka errors in the webhook pipeline, by operation (each is retried).",
+            "Redis or Kafka errors in the webhook pipeline, by operation (each is retried; "
+            "a failed operational event is dropped).",
             ["operation"],
             registry=r,
         )
+
+        # Which version runs where (``relay_build_info{version}``, Python's ``python_info``) and
+        # what the process costs its host (``process_cpu_seconds_total``, resident memory, open
+        # file descriptors), on this registry like everything else: dashboards and alerts join
+        # on the same job and instance labels.
+        self.build_info = Info("relay_build", "The running relay's version.", registry=r)
+        self.build_info.info({"version": __version__})
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
 
     def model_label(self, model: str | None) -> str:
         """``model`` as a label value: a model the relay validates or the operator listed in

@@ -8,13 +8,13 @@ import logging
 import aiohttp
 from aiohttp import web
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import RedisError
 
 from relay import __version__
 from relay.backoff import Backoff
 from relay.exceptions import ConfigurationError, OperatorError, RetryableError
 from relay.http import build_http_app
+from relay.kafka import kafka_client_options, start_kafka_client
 from relay.metrics import RelayMetrics
 from relay.pipeline.consumer import RequestConsumer
 from relay.pipeline.follower import TaskFollower
@@ -26,6 +26,7 @@ from relay.pipeline.outcomes import OutcomeRecorder
 from relay.pipeline.processor import RequestProcessor
 from relay.pipeline.publisher import ResultPublisher, build_producer
 from relay.pipeline.steps import RequestSteps
+from relay.redis import RedisClient, redis_client
 from relay.retry import RetryPolicy
 from relay.settings import RelaySettings
 from relay.startup import check_eviction_policy
@@ -39,7 +40,6 @@ log = logging.getLogger(__name__)
 
 REDIS_PING_TIMEOUT_S = 1.0
 REDIS_MAX_CONNECTIONS = 100
-REDIS_POOL_TIMEOUT_S = 10.0
 # Commit retries while Kafka is out (the lifecycle's retries follow the MindVideo backoff settings).
 COMMIT_BACKOFF_BASE_S = 1.0
 COMMIT_BACKOFF_MAX_S = 30.0
@@ -66,7 +66,7 @@ class Relay:
         self.gate = CredentialGate()
         self.handover = Handover()
         self.http_port: int | None = None
-        self._redis: Redis | None = None
+        self._redis: RedisClient | None = None
         self._session: aiohttp.ClientSession | None = None
         self._stream_session: aiohttp.ClientSession | None = None
         self._consumer: RequestConsumer | None = None
@@ -78,6 +78,8 @@ class Relay:
         self._webhooks: WebhookDispatcher | None = None
 
     async def start(self) -> None:
+        """Start what ``RELAY_ROLE`` asks for: the request pipeline, the webhook dispatcher, or
+        both (the default); the HTTP endpoints always."""
         s = self.settings
         # The settings given explicitly at INFO (compact); all of them only at DEBUG.
         log.info(
@@ -90,44 +92,51 @@ class Relay:
             service_version=__version__,
             mindvideo_base_url=s.mindvideo_base_url,
         )
+        if "webhooks_enabled" in s.model_fields_set:
+            log.warning("RELAY_WEBHOOKS_ENABLED is deprecated; RELAY_ROLE replaces it")
+        kafka = kafka_client_options(s)
         if s.kafka_create_topics:
             await create_topics(
-                s.kafka_bootstrap_servers,
+                kafka,
                 [s.request_topic, s.result_topic, s.dead_letter_topic],
                 s.kafka_topic_partitions,
                 exact=False,
             )
         # A burst waits for a connection instead of failing (redis-py's default pool raises).
-        self._redis = Redis(
-            connection_pool=BlockingConnectionPool.from_url(
-                s.redis_url, max_connections=REDIS_MAX_CONNECTIONS, timeout=REDIS_POOL_TIMEOUT_S
-            )
-        )
+        self._redis = redis_client(s, max_connections=REDIS_MAX_CONNECTIONS)
         await self._redis.ping()
         await check_eviction_policy(
             self._redis, s, on_allowed=lambda: self.metrics.redis_eviction_allowed.set(1)
         )
-        self._session = self._mindvideo_session(s.mindvideo_max_connections)
-        # Event streams live as long as their tasks: a pool of their own, so they can never
-        # take the connections submits and polls need.
-        self._stream_session = self._mindvideo_session(s.mindvideo_max_streams)
         producer = build_producer(
-            s.kafka_bootstrap_servers,
-            client_id=s.kafka_client_id,
-            enable_idempotence=s.kafka_enable_idempotence,
+            kafka, client_id=s.kafka_client_id, enable_idempotence=s.kafka_enable_idempotence
         )
         try:
-            await producer.start()
+            await start_kafka_client(producer, kafka)
         except BaseException:
             await producer.stop()  # releases its client; start() leaves it open on failure
             raise
         self._producer = producer
-        if s.webhooks_enabled:
+        if s.role != "requests":
             # First, and without waiting for a group join: pending retries resume at once.
             self._webhooks = WebhookDispatcher(
                 s, self._redis, producer, self.metrics, tracing=self.tracing
             )
             await self._webhooks.start()
+        if s.role == "webhooks":
+            # No request consumer and no MindVideo client: this process only delivers webhooks.
+            assert self._webhooks is not None
+            await self._start_http()
+            self._tasks = [
+                asyncio.create_task(self._webhooks.wait(), name="webhooks"),
+                asyncio.create_task(self._watch_dependencies(), name="dependency-health"),
+            ]
+            log.info("relay started", extra={"http_port": self.http_port, "role": s.role})
+            return
+        self._session = self._mindvideo_session(s.mindvideo_max_connections)
+        # Event streams live as long as their tasks: a pool of their own, so they can never
+        # take the connections submits and polls need.
+        self._stream_session = self._mindvideo_session(s.mindvideo_max_streams)
         backoff = Backoff(s.mindvideo_backoff_base_s, s.mindvideo_backoff_max_s)
         self._client = MindVideoClient(
             self._session,
@@ -185,7 +194,7 @@ class Relay:
             tracing=self.tracing,
         )
         self._kafka_consumer = AIOKafkaConsumer(
-            bootstrap_servers=s.kafka_bootstrap_servers,
+            **kafka,
             group_id=s.kafka_group_id,
             group_instance_id=s.kafka_group_instance_id,
             client_id=s.kafka_client_id,
@@ -215,7 +224,7 @@ class Relay:
             handover=self.handover,
         )
         self._consumer.subscribe()
-        await self._kafka_consumer.start()
+        await start_kafka_client(self._kafka_consumer, kafka)
         await self._start_http()
         self._tasks = [
             asyncio.create_task(self._consumer.run(), name="consume"),
@@ -223,11 +232,13 @@ class Relay:
             asyncio.create_task(self._watch_dependencies(), name="dependency-health"),
         ]
         log.info(
-            "relay started", extra={"http_port": self.http_port, "request_topic": s.request_topic}
+            "relay started",
+            extra={"http_port": self.http_port, "role": s.role, "request_topic": s.request_topic},
         )
 
     async def wait(self) -> None:
-        """Return when the consume loop ends (it ends only on stop or on a fatal error)."""
+        """Return when the consume loop (or, in the ``webhooks`` role, the dispatcher) ends:
+        only on stop or on a fatal error."""
         await self._tasks[0]
 
     async def stop(self) -> None:
@@ -235,7 +246,9 @@ class Relay:
         log.info("stopping", extra={"grace_s": self.settings.shutdown_grace_s})
         if self._consumer is not None:
             self._consumer.stop_fetching()
-        for task in self._tasks[1:]:
+        # The consume loop ends by itself once fetching stops; the rest is cancelled (waiting
+        # on the dispatcher does not stop it: it is stopped below).
+        for task in self._tasks[1:] if self._consumer is not None else self._tasks:
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -260,14 +273,18 @@ class Relay:
 
     async def readiness(self) -> dict[str, str | None]:
         checks: dict[str, str | None] = {"kafka": None, "redis": None, "mindvideo": None}
-        if self._kafka_consumer is None or not self._tasks or self._tasks[0].done():
+        if self.settings.role == "webhooks":
+            # No request pipeline, no MindVideo: the webhooks check covers the intake's Kafka.
+            del checks["kafka"], checks["mindvideo"]
+        elif self._kafka_consumer is None or not self._tasks or self._tasks[0].done():
             checks["kafka"] = "the consume loop is not running"
         try:
             assert self._redis is not None
             await asyncio.wait_for(self._redis.ping(), REDIS_PING_TIMEOUT_S)
         except (RedisError, OSError, TimeoutError, AssertionError) as exc:
             checks["redis"] = f"ping failed: {exc!r}"
-        checks["mindvideo"] = self.gate.reason
+        if "mindvideo" in checks:
+            checks["mindvideo"] = self.gate.reason
         if self._webhooks is not None:
             checks["webhooks"] = self._webhooks.problem()
         return checks
@@ -288,6 +305,8 @@ class Relay:
             self.readiness,
             recent=self.recent,
             token=token.get_secret_value() if token else None,
+            webhook_endpoints=self._webhooks.endpoints if self._webhooks else None,
+            webhook_lookup=self._webhooks.lookup if self._webhooks else None,
         )
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()

@@ -7,6 +7,8 @@ variable to change (``relay.settings_errors``).
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -14,6 +16,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from relay.logs import redact_url, url_origin
 from relay.models import DEFAULT_MAX_JSON_DEPTH, MAX_MODEL_CHARS, decode_secret
+from relay.origins import INVALID_ORIGIN, origin_of, parse_origin
 
 CommaList = Annotated[list[str], NoDecode]
 CommaFloats = Annotated[list[float], NoDecode]
@@ -29,6 +32,10 @@ _MAKE_KEY = (
 )
 
 DEFAULT_WEBHOOK_RETRY_SCHEDULE_S = [0.0, 5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0]
+
+
+def _upper(value: object) -> object:  # for the production connectivity block
+    return value.strip().upper() if isinstance(value, str) else value
 
 
 def _split(value: object) -> object:
@@ -118,11 +125,65 @@ class RelaySettings(BaseSettings):
     webhook_lease_s: float = Field(default=60.0, gt=0)
     webhook_poll_interval_s: float = Field(default=1.0, gt=0)
     webhook_done_retention_s: int = Field(default=7 * 24 * 3600, ge=60)
-    webhook_breaker_consecutive_failures: int = Field(default=5, ge=1)
-    webhook_breaker_failure_ratio: float = Field(default=0.7, gt=0, le=1)
+    # Per-origin breakers (docs/webhooks.md "Circuit breakers"), rate limits, events, shards
+    webhook_breaker_unanswered_ratio: float = Field(default=0.8, gt=0, le=1)
     webhook_breaker_min_requests: int = Field(default=10, ge=1)
-    webhook_breaker_window_s: float = Field(default=300.0, gt=0)
+    webhook_breaker_window_s: float = Field(default=60.0, gt=0)
+    webhook_breaker_no_success_s: float = Field(default=60.0, gt=0)
     webhook_breaker_cooldown_s: float = Field(default=30.0, gt=0)
+    webhook_breaker_max_cooldown_s: float = Field(default=600.0, gt=0)
+    # JSON {"https://hooks.example.com": 20, "default": 50}: requests/s per origin, all processes
+    webhook_rate_limits: Annotated[dict[str, float], NoDecode] = Field(default_factory=dict)
+    webhook_events_topic: str | None = None
+    webhook_shards: int = Field(default=16, ge=1, le=1024)
+
+    # --- Production connectivity (DESIGN §8; README "Connecting to production Kafka and Redis").
+    # Kept together on purpose. Checked as a whole by _connectivity below: every combination
+    # that cannot work (SASL without credentials, a certificate without its key, an unreadable
+    # file, a Sentinel without sentinels) is refused at start, naming the RELAY_ variable.
+    role: Literal["all", "requests", "webhooks"] = "all"
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: Path | None = None
+    kafka_ssl_certfile: Path | None = None
+    kafka_ssl_keyfile: Path | None = None
+    kafka_ssl_check_hostname: bool = True
+    redis_mode: Literal["standalone", "cluster", "sentinel"] = "standalone"
+    redis_sentinels: CommaList = Field(default_factory=list)
+    redis_sentinel_master: str | None = None
+    redis_sentinel_password: SecretStr | None = None
+    redis_ssl_cafile: Path | None = None
+
+    _upper_case = field_validator("kafka_security_protocol", "kafka_sasl_mechanism", mode="before")(
+        _upper
+    )
+    _split_sentinels = field_validator("redis_sentinels", mode="before")(_split)
+
+    @model_validator(mode="after")
+    def _connectivity(self) -> RelaySettings:
+        from relay.kafka import security_problems
+        from relay.redis import topology_problems
+
+        problems = [*security_problems(self), *topology_problems(self)]
+        # RELAY_WEBHOOKS_ENABLED is the older spelling of RELAY_ROLE: if both are set, they agree.
+        disagree = (self.role, self.webhooks_enabled) in (("requests", True), ("webhooks", False))
+        if disagree and "webhooks_enabled" in self.model_fields_set:
+            problems.append(
+                f"RELAY_ROLE={self.role} and RELAY_WEBHOOKS_ENABLED="
+                f"{str(self.webhooks_enabled).lower()} disagree; unset RELAY_WEBHOOKS_ENABLED "
+                "(RELAY_ROLE replaces it)"
+            )
+        if problems:
+            raise ValueError("; ".join(problems))
+        if self.role == "all" and not self.webhooks_enabled:
+            self.role = "requests"  # the deprecated spelling of RELAY_ROLE=requests
+        # Kept in step with the role, bypassing pydantic so it still reads as not set.
+        object.__setattr__(self, "webhooks_enabled", self.role != "requests")
+        return self
+
+    # --- end of production connectivity
 
     # HTTP and process
     http_host: str = "0.0.0.0"
@@ -203,11 +264,42 @@ class RelaySettings(BaseSettings):
             raise ValueError("the retry schedule needs at least one delay, none negative")
         return value
 
+    @field_validator("webhook_rate_limits", mode="before")
+    @classmethod
+    def _rate_limits(cls, value: object) -> object:
+        if isinstance(value, str):
+            if not value.strip():
+                return {}
+            try:
+                value = json.loads(value)
+            except ValueError:
+                raise ValueError('not JSON; expected {"https://host": 20, "default": 50}') from None
+        if not isinstance(value, dict):
+            raise ValueError('expected a JSON object {"https://host": 20, "default": 50}')
+        out: dict[str, float] = {}
+        for name, rate in value.items():
+            if isinstance(rate, bool) or not isinstance(rate, int | float) or rate <= 0:
+                raise ValueError(f"the rate of {name!r} must be requests per second > 0")
+            out[name if name == "default" else parse_origin(name)] = float(rate)
+        return out
+
     @model_validator(mode="after")
     def _lease_outlives_attempt(self) -> RelaySettings:
         if self.webhook_lease_s <= self.webhook_timeout_s:
             raise ValueError("RELAY_WEBHOOK_LEASE_S must be longer than RELAY_WEBHOOK_TIMEOUT_S")
+        if self.webhook_breaker_max_cooldown_s < self.webhook_breaker_cooldown_s:
+            raise ValueError(
+                "RELAY_WEBHOOK_BREAKER_MAX_COOLDOWN_S must be at least "
+                "RELAY_WEBHOOK_BREAKER_COOLDOWN_S"
+            )
         return self
+
+    @property
+    def webhook_configured_origins(self) -> list[str]:
+        """Origins the operator named: their own metric labels and status rows."""
+        named = [origin_of(url) for url in self.webhook_default_urls]
+        named += [o for o in self.webhook_rate_limits if o != "default"]
+        return [o for o in dict.fromkeys(named) if o != INVALID_ORIGIN]
 
     @property
     def webhook_default_urls(self) -> list[str]:
@@ -230,12 +322,13 @@ class RelaySettings(BaseSettings):
         nothing and call no MindVideo API.
         """
         problems = []
-        if not self.mindvideo_api_key.get_secret_value().strip():
+        # A webhooks-only process calls no MindVideo API; a requests-only one signs nothing.
+        if self.role != "webhooks" and not self.mindvideo_api_key.get_secret_value().strip():
             problems.append(
                 "RELAY_MINDVIDEO_API_KEY is empty: set it to your MindVideo key "
                 "(mv_live_… or mv_test_…)"
             )
-        if self.webhooks_enabled and not self.webhook_secrets and not self.webhook_allow_unsigned:
+        if self.role != "requests" and not self.webhook_secrets and not self.webhook_allow_unsigned:
             problems.append(
                 "RELAY_WEBHOOK_SECRETS is empty, so webhooks would go out unsigned: set a "
                 f"whsec_ secret of at least {MIN_WEBHOOK_SECRET_BYTES} bytes, or "

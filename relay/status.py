@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 
@@ -88,8 +89,9 @@ def status_document(
     recent: RecentResults,
     checks: dict[str, str | None],
     started_at: float,
+    webhook_endpoints: list[dict[str, Any]] | None = None,
 ) -> dict[str, object]:
-    """The JSON behind the status page."""
+    """The JSON behind the status page; ``webhook_endpoints`` are the dispatcher's rows."""
     s = _samples(registry)
     terminal = _by(s, "relay_tasks_terminal_total", "status")
     return {
@@ -122,6 +124,7 @@ def status_document(
             "pending_retries": _total(s, "relay_webhook_pending_retries"),
             "circuit_open_endpoints": _total(s, "relay_webhook_circuit_open_endpoints"),
             "attempts": _by(s, "relay_webhook_attempts_total", "outcome"),
+            "endpoints": webhook_endpoints or [],
         },
         "recent_results": [asdict(r) for r in recent.results],
         "recent_failures": [asdict(r) for r in recent.failures],
@@ -171,6 +174,11 @@ STATUS_PAGE_HTML = """<!doctype html>
  <div class="card"><div class="v" id="wh_dead">–</div><div class="k">dead-lettered</div></div>
  <div class="card"><div class="v" id="wh_open">–</div><div class="k">circuits open</div></div>
 </div></section>
+<section><h2>Webhook endpoints <small>(configured origins, then the busiest others, marked
+*; circuit and success rate are this process's)</small></h2>
+<table><thead><tr><th>origin</th><th>circuit</th>
+<th>success rate</th><th>attempts</th><th>pending</th><th>in flight</th><th>last error</th>
+</tr></thead><tbody id="endpoints"></tbody></table></section>
 <section><h2>Recent results</h2><table><thead><tr><th>completed</th><th>key</th>
 <th>model</th><th>status</th><th>cost</th><th>error</th></tr></thead>
 <tbody id="recent"></tbody></table></section>
@@ -183,16 +191,19 @@ const token = new URLSearchParams(location.search).get("token");
 const headers = token ? {Authorization: "Bearer " + token} : {};
 const fmt = n => Number.isInteger(n) ? String(n) : n.toFixed(4);
 function set(id, v) { document.getElementById(id).textContent = v; }
-function rows(id, items) {
+function cells(id, items, values) {
   const body = document.getElementById(id);
   body.replaceChildren(...items.map(r => {
     const tr = document.createElement("tr");
-    for (const v of [r.completed_at, r.idempotency_key, r.model || "", r.status,
-                     r.cost_actual == null ? "" : fmt(r.cost_actual), r.error_code || ""]) {
+    for (const v of values(r)) {
       const td = document.createElement("td"); td.textContent = v; tr.appendChild(td);
     }
     return tr;
   }));
+}
+function rows(id, items) {
+  cells(id, items, r => [r.completed_at, r.idempotency_key, r.model || "", r.status,
+                         r.cost_actual == null ? "" : fmt(r.cost_actual), r.error_code || ""]);
 }
 async function refresh() {
   try {
@@ -210,6 +221,11 @@ async function refresh() {
     set("wh_pending", fmt(s.webhooks.pending_retries));
     set("wh_dead", fmt(s.webhooks.dead_lettered));
     set("wh_open", fmt(s.webhooks.circuit_open_endpoints));
+    cells("endpoints", s.webhooks.endpoints, e => [
+      e.origin + (e.configured ? "" : " *"), e.state,
+      e.success_rate == null ? "" : (e.success_rate * 100).toFixed(1) + "%",
+      e.attempts, e.pending, e.in_flight,
+      e.last_error ? e.last_error + " (" + e.last_error_at + ")" : ""]);
     rows("recent", s.recent_results);
     rows("failures", s.recent_failures);
     set("updated", "updated " + new Date().toLocaleTimeString());

@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from relay.backoff import Backoff
+from relay.kafka import start_kafka_client
 
 TOPIC_READY_TIMEOUT_S = 30.0
 _DESCRIBE_BACKOFF = Backoff(0.05, 1.0)
@@ -23,19 +25,25 @@ class TopicError(RuntimeError):
 
 
 async def create_topics(
-    bootstrap: str, names: Sequence[str], partitions: int = 1, *, exact: bool = True
+    kafka: str | Mapping[str, Any],
+    names: Sequence[str],
+    partitions: int = 1,
+    *,
+    exact: bool = True,
 ) -> None:
     """Create topics (an existing topic is fine) and wait until metadata shows them led.
 
-    Raises :class:`TopicError` if the broker refuses a topic, or, with ``exact``, if one
-    already exists with a different partition count (a test relying on ``partitions`` would
-    silently lie). The relay passes ``exact=False``: an operator's existing topics are theirs.
+    ``kafka`` is a plain-text bootstrap address or the options of
+    :func:`relay.kafka.kafka_client_options` (TLS, SASL). Raises :class:`TopicError` if the
+    broker refuses a topic, or, with ``exact``, if one already exists with a different
+    partition count (a test relying on ``partitions`` would silently lie). The relay passes
+    ``exact=False``: an operator's existing topics are theirs.
     """
-    admin = AIOKafkaAdminClient(
-        bootstrap_servers=bootstrap, request_timeout_ms=_ADMIN_REQUEST_TIMEOUT_MS
-    )
+    options = {"bootstrap_servers": kafka} if isinstance(kafka, str) else dict(kafka)
+    bootstrap = str(options["bootstrap_servers"])
+    admin = AIOKafkaAdminClient(**options, request_timeout_ms=_ADMIN_REQUEST_TIMEOUT_MS)
     try:
-        await admin.start()
+        await start_kafka_client(admin, options)
         response = await admin.create_topics([NewTopic(name, partitions, 1) for name in names])
         # Entries are (topic, error_code[, error_message]) depending on the protocol version.
         for entry in response.topic_errors:

@@ -24,6 +24,7 @@ import pytest_asyncio
 import redis.asyncio as aioredis
 
 from tests.support.pipeline import SIM_API_KEY, Pipeline, open_pipeline
+from tests.support.redis_topologies import RedisCluster, start_redis_cluster
 from tests.support.services import (
     ManagedProcess,
     ServiceEndpoint,
@@ -47,6 +48,7 @@ SERVICE_FIXTURES = frozenset(
         "simulator",
         "pipeline",
         "tansu_pipeline",
+        "redis_cluster",
     }
 )
 
@@ -115,6 +117,16 @@ async def redis_service(
         yield ServiceEndpoint(url, proc)
     finally:
         proc.stop()
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[RedisCluster]:
+    """A three-node Redis Cluster (Debian's redis-server and redis-cli), started on demand."""
+    cluster = await start_redis_cluster(tmp_path_factory.mktemp("redis-cluster"))
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 @pytest.fixture(scope="session")

@@ -1,10 +1,13 @@
 """Operators' view of a relay under load: promtool accepts /metrics, and a real Prometheus
-scraping it evaluates every panel query of the Grafana dashboard to data (issue #5)."""
+scraping it evaluates every panel query of the Grafana dashboard to data (issue #5), with the
+dashboard's namespace and job variables and ``$__rate_interval`` as Grafana fills them in, and
+answers each variable's own query (issue #14)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -12,6 +15,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from tests.deploy.test_dashboard import plain_promql
 from tests.support.observability import (
     VARIED_SIM_ARGS,
     produce_varied_load,
@@ -48,10 +52,22 @@ def _dashboard_queries() -> list[tuple[str, str]]:
 
     doc = json.loads(DASHBOARD.read_text())
     return [
-        (f"{p['id']} {p.get('title', '')}", t["expr"])
+        (f"{p['id']} {p.get('title', '')}", plain_promql(t["expr"]))
         for p in panels(doc["panels"])
         for t in p.get("targets", [])
     ]
+
+
+def _variable_queries() -> dict[str, tuple[str, str]]:
+    """name -> (label, series selector) of each ``label_values(selector, label)`` variable."""
+    doc = json.loads(DASHBOARD.read_text())
+    found: dict[str, tuple[str, str]] = {}
+    for variable in doc["templating"]["list"]:
+        if variable["type"] == "query":
+            match = re.fullmatch(r"label_values\((.+), (\w+)\)", variable["definition"])
+            assert match, variable["definition"]
+            found[variable["name"]] = (match.group(2), plain_promql(match.group(1)))
+    return found
 
 
 async def _query(session: aiohttp.ClientSession, base: str, expr: str) -> dict[str, Any]:
@@ -71,7 +87,11 @@ async def test_metrics_pass_promtool_and_every_dashboard_query_returns_data(
         "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
         f"rule_files: ['{ALERTS}']\n"
         "scrape_configs:\n"
-        f"  - job_name: relay\n    static_configs: [{{targets: ['127.0.0.1:{loaded.port}']}}]\n"
+        # The job name of deploy/prometheus.yml and the chart's ServiceMonitor, and the namespace
+        # label a Kubernetes scrape adds.
+        "  - job_name: mindvideo-relay\n"
+        f"    static_configs: [{{targets: ['127.0.0.1:{loaded.port}'],"
+        " labels: {namespace: obs}}]\n"
     )
     prometheus = ManagedProcess(
         "prometheus",
@@ -106,7 +126,7 @@ async def test_metrics_pass_promtool_and_every_dashboard_query_returns_data(
         async with aiohttp.ClientSession() as session:
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline:
-                up = await _query(session, base, "count_over_time(up{job='relay'}[1m])")
+                up = await _query(session, base, "count_over_time(up{job='mindvideo-relay'}[1m])")
                 if up["data"]["result"] and float(up["data"]["result"][0]["value"][1]) >= 5:
                     break
                 await asyncio.sleep(1)
@@ -118,6 +138,13 @@ async def test_metrics_pass_promtool_and_every_dashboard_query_returns_data(
                     failures.append(f"{panel}: {expr} -> {answer.get('error')}")
                 elif not answer["data"]["result"]:
                     failures.append(f"{panel}: {expr} -> no data")
+            for name, (label, selector) in _variable_queries().items():
+                url = f"{base}/api/v1/label/{label}/values"
+                async with session.get(url, params={"match[]": selector}) as resp:
+                    values = (await resp.json())["data"]
+                expected = ["obs"] if label == "namespace" else ["mindvideo-relay"]
+                if values != expected:
+                    failures.append(f"variable {name}: {selector} -> {values}")
             async with session.get(f"{base}/api/v1/rules") as resp:
                 groups = (await resp.json())["data"]["groups"]
             rules = [rule for group in groups for rule in group["rules"]]

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import KafkaError
 from aiokafka.partitioner import DefaultPartitioner
 
+from relay.kafka import kafka_client_options, start_kafka_client
 from relay.settings import RelaySettings
 
 FETCH_TIMEOUT_MS = 500
@@ -37,8 +37,9 @@ class KeyResultReader:
     def __init__(self, settings: RelaySettings, key: str) -> None:
         self._settings = settings
         self._key = key.encode()
+        self._kafka = kafka_client_options(settings)
         self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=settings.kafka_bootstrap_servers,
+            **self._kafka,
             client_id=f"{settings.kafka_client_id}-submit",
             group_id=None,
             enable_auto_commit=False,
@@ -47,9 +48,9 @@ class KeyResultReader:
 
     async def start(self) -> None:
         try:
-            await self._consumer.start()
-        except KafkaError:
-            await self._consumer.stop()
+            await start_kafka_client(self._consumer, self._kafka)
+        except BaseException:
+            await self._consumer.stop()  # start() leaves its connections open on failure
             raise
         topic = self._settings.result_topic
         await self._consumer.topics()  # loads the metadata partitions_for_topic reads

@@ -21,6 +21,8 @@ from aiokafka.structs import RecordMetadata
 from pydantic import ValidationError
 
 from relay.devtools.results import KeyResultReader
+from relay.exceptions import StartupError
+from relay.kafka import kafka_client_options, start_kafka_client
 from relay.models import RequestRecord
 from relay.schemas import SEEDANCE_4_0, validate_input
 from relay.settings import RelaySettings
@@ -174,11 +176,10 @@ async def _submit(args: argparse.Namespace, settings: RelaySettings) -> int:
 async def _produce(settings: RelaySettings, key: str, request: RequestRecord) -> RecordMetadata:
     # One record keyed by its idempotency key: a duplicate from a retried send costs nothing (the
     # relay dedupes by key), so the idempotent producer, which some brokers refuse, is not needed.
-    producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap_servers, enable_idempotence=False, acks="all"
-    )
+    kafka = kafka_client_options(settings)
+    producer = AIOKafkaProducer(**kafka, enable_idempotence=False, acks="all")
     try:
-        await producer.start()
+        await start_kafka_client(producer, kafka)
         return await producer.send_and_wait(
             settings.request_topic,
             value=request.model_dump_json(exclude_none=True).encode(),
@@ -205,6 +206,7 @@ def run(args: argparse.Namespace, settings: RelaySettings) -> int:
     except (ValueError, OSError) as exc:
         _say(str(exc))
         return EXIT_USAGE
-    except KafkaError as exc:
+    except (KafkaError, StartupError) as exc:
+        # StartupError: Kafka refuses the connection settings (a login, a certificate).
         _say(str(describe_start_failure(exc, settings)))
         return EXIT_NOT_SUCCEEDED

@@ -13,9 +13,10 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
+
+from relay.redis import RedisClient, pipeline
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +29,7 @@ AddToPipeline = Callable[[Pipeline], Any]
 class RedisBatcher:
     """Sends the calls queued while earlier batches are in flight as one pipeline each."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: RedisClient) -> None:
         self._redis = redis
         self._queue: list[tuple[AddToPipeline, asyncio.Future[Any] | None]] = []
         self._in_flight = 0
@@ -64,7 +65,7 @@ class RedisBatcher:
 
     async def _send(self, batch: list[tuple[AddToPipeline, asyncio.Future[Any] | None]]) -> None:
         try:
-            async with self._redis.pipeline(transaction=False) as pipe:
+            async with pipeline(self._redis) as pipe:
                 for add, _ in batch:
                     queued = add(pipe)  # a script call is a coroutine; a command is queued at once
                     if inspect.isawaitable(queued):

@@ -18,10 +18,9 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Literal
 
-from redis.asyncio import Redis
-
 from relay.models import ResultRecord
 from relay.pipeline.batching import RedisBatcher
+from relay.redis import RedisClient
 
 ClaimOutcome = Literal["new", "conflict", "existing"]
 RefusalStatus = Literal["new", "seen", "in_use"]
@@ -98,7 +97,7 @@ class Claim:
 class IdempotencyStore:
     """Reads and writes idempotency records; the retention restarts with every write."""
 
-    def __init__(self, redis: Redis, *, prefix: str, retention_s: int) -> None:
+    def __init__(self, redis: RedisClient, *, prefix: str, retention_s: int) -> None:
         self._redis = redis
         self._prefix = prefix
         self._retention_s = retention_s

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
@@ -94,10 +95,11 @@ def _capped(text: str) -> bytes:
 
 
 def build_producer(
-    bootstrap_servers: str, *, client_id: str, enable_idempotence: bool
+    kafka: Mapping[str, Any], *, client_id: str, enable_idempotence: bool
 ) -> AIOKafkaProducer:
+    """The relay's one producer; ``kafka`` is :func:`relay.kafka.kafka_client_options`."""
     return AIOKafkaProducer(
-        bootstrap_servers=bootstrap_servers,
+        **kafka,
         client_id=client_id,
         acks="all",
         enable_idempotence=enable_idempotence,

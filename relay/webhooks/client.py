@@ -19,6 +19,7 @@ from aiohttp.resolver import DefaultResolver
 from relay.backoff import parse_retry_after
 from relay.exceptions import WebhookRefused
 from relay.tracing.context import TraceContext
+from relay.webhooks.breaker import AttemptHealth
 from relay.webhooks.signing import WebhookSigner
 from relay.webhooks.ssrf import GuardedResolver, SsrfGuard, SsrfPolicy
 
@@ -45,10 +46,18 @@ class AttemptResult:
 
     @property
     def endpoint_healthy(self) -> bool:
-        """For the circuit breaker: did the endpoint answer sanely (whatever it answered)?"""
-        if self.outcome in ("timeout", "connection_error", "http_5xx"):
-            return False
-        return self.status != 429
+        """Did the endpoint answer sanely (whatever it answered)?"""
+        return self.health == "ok"
+
+    @property
+    def health(self) -> AttemptHealth:
+        """For the circuit breaker: ``unanswered`` when nobody answered (refused, reset, DNS,
+        timeout), ``error`` for a 5xx or 429 answer, ``ok`` for anything else."""
+        if self.outcome in ("timeout", "connection_error"):
+            return "unanswered"
+        if self.outcome == "http_5xx" or self.status == 429:
+            return "error"
+        return "ok"
 
 
 def classify_status(status: int, retry_after: str | None) -> AttemptResult:

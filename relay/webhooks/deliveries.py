@@ -1,61 +1,53 @@
-"""Durable webhook retry state in Redis: who is due when, and who is attempting it now.
+"""Durable webhook retry state in Redis, split into shards that each live in one hash slot.
 
-Keys, all under one hash tag so every script touches a single Redis Cluster slot::
+A delivery belongs to shard ``crc32(idempotency key) % RELAY_WEBHOOK_SHARDS``; every key of a
+shard carries the hash tag ``{<prefix>:wh:<shard>}``, so every script touches one Redis Cluster
+slot while the shards spread over the cluster's masters::
 
-    <prefix>:{<prefix>:webhooks}:due        sorted set: delivery id -> due time (unix seconds)
-    <prefix>:{<prefix>:webhooks}:d:<id>     hash: a WebhookDelivery (body, endpoint, attempts…)
-    <prefix>:{<prefix>:webhooks}:done:<id>  string with a TTL: the delivery finished (outcome)
+    <tag>:due           sorted set: delivery id -> due time (unix seconds)
+    <tag>:d:<id>        hash: a WebhookDelivery, its lease token and its attempt history
+    <tag>:keys          hash: idempotency key -> ids of its pending deliveries (lookup)
+    <tag>:origins       hash: origin -> pending deliveries (status page, metric)
+    <tag>:done:<n>      hash, expiring: idempotency key -> tombstones of finished deliveries
 
-A claim is a lease: it moves the delivery's due time to ``now + lease`` and stamps a random token
-into its hash. Only the holder of the token can finish or reschedule it; if the holder dies, the
-due time passes and another process claims it. Each script names all its keys in ``KEYS``.
+(``<tag>`` is ``<prefix>:{<prefix>:wh:<shard>}``.) A claim is a lease: it moves the due time to
+``now + lease`` and stamps a random token into the hash; only the token holder may reschedule or
+finish. Tombstones go into hashes bucketed by time (``done:<n>``, at most 8 of them cover the
+retention) so a finished delivery costs one short hash field, not a key of its own.
 """
 
 from __future__ import annotations
 
+import math
 import secrets
+import time
+import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
 from relay.models import WebhookDelivery
+from relay.origins import origin_of
+from relay.redis import RedisClient, pipeline
+from relay.settings import RelaySettings
+from relay.webhooks import scripts
+from relay.webhooks.history import (
+    AttemptRecord,
+    Tombstone,
+    append_attempt,
+    decode_history,
+    id_prefix,
+    marker,
+)
 
-_SCHEDULE_LUA = """
-if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
-if ARGV[3] == '0' and redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
-redis.call('DEL', KEYS[3])
-redis.call('HSET', KEYS[2], unpack(ARGV, 4))
-redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
-return 1
-"""
+MAX_DONE_BUCKETS = 7
 
-_CLAIM_LUA = """
-local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if (not score) or tonumber(score) > tonumber(ARGV[2]) then return false end
-if redis.call('EXISTS', KEYS[2]) == 0 then
-  redis.call('ZREM', KEYS[1], ARGV[1])
-  return false
-end
-redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
-redis.call('HSET', KEYS[2], 'lease', ARGV[4])
-return redis.call('HGETALL', KEYS[2])
-"""
 
-_RESCHEDULE_LUA = """
-if redis.call('HGET', KEYS[2], 'lease') ~= ARGV[2] then return 0 end
-redis.call('HDEL', KEYS[2], 'lease')
-if #ARGV > 3 then redis.call('HSET', KEYS[2], unpack(ARGV, 4)) end
-redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
-return 1
-"""
-
-_FINISH_LUA = """
-if redis.call('HGET', KEYS[2], 'lease') ~= ARGV[2] then return 0 end
-redis.call('ZREM', KEYS[1], ARGV[1])
-redis.call('DEL', KEYS[2])
-redis.call('SET', KEYS[3], ARGV[3], 'EX', tonumber(ARGV[4]))
-return 1
-"""
+@dataclass(frozen=True, slots=True)
+class DueRef:
+    shard: int
+    delivery_id: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,26 +56,62 @@ class ClaimedDelivery:
 
     delivery: WebhookDelivery
     token: str
+    shard: int
+    history: str = ""
+
+    @property
+    def origin(self) -> str:
+        return origin_of(self.delivery.endpoint)
 
 
 class DeliveryStore:
     """Schedules, claims, reschedules and finishes webhook deliveries (docs/webhooks.md)."""
 
-    def __init__(self, redis: Redis, *, prefix: str, done_retention_s: int) -> None:
-        self._redis = redis
-        self._base = f"{prefix}:{{{prefix}:webhooks}}"
-        self._due = f"{self._base}:due"
+    def __init__(
+        self,
+        redis: RedisClient,
+        *,
+        prefix: str,
+        done_retention_s: int,
+        shards: int = 16,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.redis = self._redis = redis
+        self.prefix = prefix
+        self.shards = shards
+        self._clock = clock
         self._done_retention_s = done_retention_s
-        self._schedule = redis.register_script(_SCHEDULE_LUA)
-        self._claim = redis.register_script(_CLAIM_LUA)
-        self._reschedule = redis.register_script(_RESCHEDULE_LUA)
-        self._finish = redis.register_script(_FINISH_LUA)
+        self._bucket_s = max(60, math.ceil(done_retention_s / MAX_DONE_BUCKETS))
+        self._buckets = math.ceil(done_retention_s / self._bucket_s) + 1
+        self._next_shard = 0
+        self._schedule = redis.register_script(scripts.SCHEDULE)
+        self._claim = redis.register_script(scripts.CLAIM)
+        self._reschedule = redis.register_script(scripts.RESCHEDULE)
+        self._finish = redis.register_script(scripts.FINISH)
 
-    def _hash(self, delivery_id: str) -> str:
-        return f"{self._base}:d:{delivery_id}"
+    # Key names
 
-    def _done(self, delivery_id: str) -> str:
-        return f"{self._base}:done:{delivery_id}"
+    def tag(self, shard: int) -> str:
+        return f"{self.prefix}:{{{self.prefix}:wh:{shard}}}"
+
+    def shard_of(self, idempotency_key: str) -> int:
+        return zlib.crc32(idempotency_key.encode()) % self.shards
+
+    def due_key(self, shard: int) -> str:
+        return f"{self.tag(shard)}:due"
+
+    def hash_key(self, shard: int, delivery_id: str) -> str:
+        return f"{self.tag(shard)}:d:{delivery_id}"
+
+    def index_keys(self, shard: int) -> tuple[str, str]:
+        return f"{self.tag(shard)}:keys", f"{self.tag(shard)}:origins"
+
+    def done_keys(self, shard: int, now: float) -> list[str]:
+        """The tombstone buckets that may hold a delivery finished within the retention."""
+        newest = int(now // self._bucket_s)
+        return [f"{self.tag(shard)}:done:{n}" for n in range(newest, newest - self._buckets, -1)]
+
+    # Scheduling and claiming
 
     async def schedule(
         self, deliveries: list[WebhookDelivery], due: float, *, force: bool = False
@@ -95,73 +123,174 @@ class DeliveryStore:
         """
         if not deliveries:
             return 0
-        async with self._redis.pipeline(transaction=False) as pipe:
+        now = self._clock()
+        async with pipeline(self._redis) as pipe:
             for d in deliveries:
-                fields = [item for pair in d.to_fields().items() for item in pair]
-                await self._schedule(
-                    keys=[self._due, self._hash(d.delivery_id), self._done(d.delivery_id)],
-                    args=[d.delivery_id, repr(due), "1" if force else "0", *fields],
-                    client=pipe,
-                )
+                await self._schedule_one(pipe, d, due, force, now)
             results = await pipe.execute()
         return sum(int(r) for r in results)
 
-    async def due_ids(self, now: float, limit: int) -> list[str]:
-        raw = await self._redis.zrangebyscore(self._due, "-inf", repr(now), start=0, num=limit)
-        return [item.decode() if isinstance(item, bytes) else str(item) for item in raw]
+    async def _schedule_one(
+        self, client: Pipeline, d: WebhookDelivery, due: float, force: bool, now: float
+    ) -> None:
+        shard = self.shard_of(d.idempotency_key)
+        done = self.done_keys(shard, now)
+        fields = [item for pair in d.to_fields().items() for item in pair]
+        await self._schedule(
+            keys=[
+                self.due_key(shard),
+                self.hash_key(shard, d.delivery_id),
+                *self.index_keys(shard),
+                *done,
+            ],
+            args=[
+                d.delivery_id,
+                repr(due),
+                "1" if force else "0",
+                d.idempotency_key,
+                origin_of(d.endpoint),
+                marker(d.delivery_id),
+                str(len(done)),
+                *fields,
+            ],
+            client=client,
+        )
+
+    async def due(self, now: float, limit: int) -> list[DueRef]:
+        """Up to ``limit`` due deliveries, taken in turn from every shard that has some (the
+        first shard rotates), so a backlog in one shard never starves the others."""
+        async with pipeline(self._redis) as pipe:
+            for shard in range(self.shards):
+                pipe.zrangebyscore(self.due_key(shard), "-inf", repr(now), start=0, num=limit)
+            per_shard = await pipe.execute()
+        start, self._next_shard = self._next_shard, (self._next_shard + 1) % self.shards
+        queues = [
+            [DueRef(s, text_of(i)) for i in per_shard[s]]
+            for s in [*range(start, self.shards), *range(start)]
+        ]
+        out: list[DueRef] = []
+        depth = 0
+        while len(out) < limit and any(depth < len(q) for q in queues):
+            out.extend(q[depth] for q in queues if depth < len(q))
+            depth += 1
+        return out[:limit]
 
     async def next_due(self) -> float | None:
-        """The earliest due time (leases included), or ``None`` when nothing is pending."""
-        first = await self._redis.zrange(self._due, 0, 0, withscores=True)
-        return float(first[0][1]) if first else None
+        """The earliest due time over all shards (leases included); ``None`` when idle."""
+        async with pipeline(self._redis) as pipe:
+            for shard in range(self.shards):
+                pipe.zrange(self.due_key(shard), 0, 0, withscores=True)
+            firsts = await pipe.execute()
+        scores = [float(first[0][1]) for first in firsts if first]
+        return min(scores) if scores else None
 
     async def pending(self) -> int:
-        count: int = await self._redis.zcard(self._due)
-        return count
+        async with pipeline(self._redis) as pipe:
+            for shard in range(self.shards):
+                pipe.zcard(self.due_key(shard))
+            return sum(int(n) for n in await pipe.execute())
 
-    async def claim(self, ids: list[str], now: float, lease_s: float) -> list[ClaimedDelivery]:
-        """Lease the deliveries among ``ids`` that are still due; others are skipped."""
-        if not ids:
+    async def pending_by_origin(self) -> dict[str, int]:
+        """Pending deliveries per origin, over every process and shard."""
+        async with pipeline(self._redis) as pipe:
+            for shard in range(self.shards):
+                pipe.hgetall(self.index_keys(shard)[1])
+            maps = await pipe.execute()
+        out: dict[str, int] = {}
+        for counts in maps:
+            for origin, n in counts.items():
+                out[text_of(origin)] = out.get(text_of(origin), 0) + int(n)
+        return {o: n for o, n in out.items() if n > 0}
+
+    async def claim(self, refs: list[DueRef], now: float, lease_s: float) -> list[ClaimedDelivery]:
+        """Lease the deliveries among ``refs`` that are still due; others are skipped."""
+        if not refs:
             return []
         token = secrets.token_hex(8)
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for delivery_id in ids:
+        async with pipeline(self._redis) as pipe:
+            for ref in refs:
                 await self._claim(
-                    keys=[self._due, self._hash(delivery_id)],
-                    args=[delivery_id, repr(now), repr(now + lease_s), token],
+                    keys=[self.due_key(ref.shard), self.hash_key(ref.shard, ref.delivery_id)],
+                    args=[ref.delivery_id, repr(now), repr(now + lease_s), token],
                     client=pipe,
                 )
             results = await pipe.execute()
         claimed = []
-        for raw in results:
+        for ref, raw in zip(refs, results, strict=True):
             if raw:
                 fields = dict(zip(raw[::2], raw[1::2], strict=True))
-                claimed.append(ClaimedDelivery(WebhookDelivery.from_fields(fields), token))
+                history = text_of(fields.get(b"hist", b""))
+                delivery = WebhookDelivery.from_fields(fields)
+                claimed.append(ClaimedDelivery(delivery, token, ref.shard, history))
         return claimed
 
     async def reschedule(
-        self, claimed: ClaimedDelivery, due: float, updated: WebhookDelivery | None = None
+        self,
+        claimed: ClaimedDelivery,
+        due: float,
+        updated: WebhookDelivery | None = None,
+        attempt: AttemptRecord | None = None,
     ) -> bool:
-        """Give the lease back with a new due time (and the delivery's new attempt state)."""
-        fields = [] if updated is None else _state_fields(updated)
+        """Give the lease back with a new due time (and the attempt just made, if any)."""
+        fields: list[bytes | str] = [] if updated is None else _state_fields(updated)
+        if attempt is not None:
+            fields += ["hist", append_attempt(claimed.history, attempt)]
+        d = claimed.delivery
         result = await self._reschedule(
-            keys=[self._due, self._hash(claimed.delivery.delivery_id)],
-            args=[claimed.delivery.delivery_id, claimed.token, repr(due), *fields],
+            keys=[self.due_key(claimed.shard), self.hash_key(claimed.shard, d.delivery_id)],
+            args=[d.delivery_id, claimed.token, repr(due), *fields],
         )
         return bool(result)
 
-    async def finish(self, claimed: ClaimedDelivery, outcome: str) -> bool:
-        """Drop the delivery and remember its outcome for the retention, so a re-read result
-        is not delivered again. ``False`` when the lease was lost to another process."""
-        delivery_id = claimed.delivery.delivery_id
+    async def finish(
+        self, claimed: ClaimedDelivery, outcome: str, attempt: AttemptRecord | None = None
+    ) -> bool:
+        """Drop the delivery and leave its tombstone (with its history and ``attempt``, the one
+        just made) for the retention, so a re-read result is not delivered again. ``False``
+        when the lease was lost to another process."""
+        d, shard = claimed.delivery, claimed.shard
+        now = self._clock()
+        history = claimed.history
+        if attempt is not None:
+            history = append_attempt(history, attempt)
+        tomb = Tombstone(
+            id_prefix(d.delivery_id), outcome, d.type, claimed.origin, decode_history(history)
+        ).encode()
+        bucket = int(now // self._bucket_s)
+        expire_at = (bucket + 1) * self._bucket_s + self._done_retention_s
         result = await self._finish(
-            keys=[self._due, self._hash(delivery_id), self._done(delivery_id)],
-            args=[delivery_id, claimed.token, outcome, str(self._done_retention_s)],
+            keys=[
+                self.due_key(shard),
+                self.hash_key(shard, d.delivery_id),
+                *self.index_keys(shard),
+                self.done_keys(shard, now)[0],
+            ],
+            args=[
+                d.delivery_id,
+                claimed.token,
+                d.idempotency_key,
+                claimed.origin,
+                tomb,
+                str(expire_at),
+            ],
         )
         return bool(result)
 
 
-def _state_fields(delivery: WebhookDelivery) -> list[bytes]:
+def store_from_settings(redis: RedisClient, settings: RelaySettings) -> DeliveryStore:
+    return DeliveryStore(
+        redis,
+        prefix=settings.redis_key_prefix,
+        done_retention_s=settings.webhook_done_retention_s,
+        shards=settings.webhook_shards,
+    )
+
+
+def text_of(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _state_fields(delivery: WebhookDelivery) -> list[bytes | str]:
     fields = delivery.to_fields()
     return [
         item

@@ -12,17 +12,20 @@ import logging
 import time
 from dataclasses import dataclass
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 from pydantic import ValidationError
-from redis.asyncio import Redis
 
+from relay.kafka import kafka_client_options, start_kafka_client
 from relay.models import WebhookDeadLetter, WebhookDelivery
+from relay.redis import redis_client
 from relay.settings import RelaySettings
-from relay.webhooks.dispatcher import delivery_store
+from relay.webhooks.deliveries import store_from_settings
+from relay.webhooks.lookup import dead_letter_consumer
 
 log = logging.getLogger(__name__)
 
 FETCH_TIMEOUT_MS = 500
+REDIS_MAX_CONNECTIONS = 4
 
 
 @dataclass
@@ -44,14 +47,10 @@ DeadLetterRecord = tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]
 
 
 async def _read_dead_letters(settings: RelaySettings) -> list[DeadLetterRecord]:
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap_servers,
-        client_id=f"{settings.kafka_client_id}-replay",
-        group_id=None,
-        enable_auto_commit=False,
-    )
+    kafka = kafka_client_options(settings)
+    consumer = dead_letter_consumer(settings, "replay")
     try:
-        await consumer.start()  # inside: a failed start must still close the consumer
+        await start_kafka_client(consumer, kafka)
         topic = settings.webhook_dead_letter_topic
         await consumer.topics()  # loads the metadata partitions_for_topic reads
         partitions = consumer.partitions_for_topic(topic) or set()
@@ -109,9 +108,9 @@ async def replay_dead_letters(
             tracestate=letter.tracestate,
         )
         fresh[delivery.delivery_id] = delivery
-    redis = Redis.from_url(settings.redis_url)
+    redis = redis_client(settings, max_connections=REDIS_MAX_CONNECTIONS)
     try:
-        store = delivery_store(redis, settings)
+        store = store_from_settings(redis, settings)
         counts.scheduled = await store.schedule(list(fresh.values()), time.time(), force=True)
     finally:
         await redis.aclose()

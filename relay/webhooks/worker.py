@@ -1,12 +1,10 @@
 """The delivery worker: claims due webhook deliveries from Redis and attempts them concurrently.
 
-Each claimed delivery runs in its own task, so a slow endpoint holds only its own slots (at most
-``max_in_flight_per_endpoint``) and never the loop. A delivery whose endpoint is full waits in this
-process for a slot (up to ``BUSY_WAIT_S``, well inside its lease) and is deferred in Redis only if
-none frees up: a busy endpoint costs no Redis round trips, and a burst of results to one endpoint
-does not turn into a burst of deferrals. One whose circuit breaker is open is deferred until the
-breaker's cool-down ends, without using up an attempt. After the last attempt of the schedule, or at
-once when the SSRF policy refuses the endpoint, the delivery goes to the webhook dead-letter topic.
+Each claimed delivery runs in its own task, so a slow origin holds only its own slots and never
+the loop. :class:`EndpointAdmission` decides whether it may go now (slot, breaker, rate limit);
+if not, it is deferred without using up an attempt. After the last attempt of the schedule, or at
+once when the SSRF policy refuses the endpoint, the delivery goes to the dead-letter topic. Every
+attempt is added to the delivery's history (``relay webhooks status --key``).
 """
 
 from __future__ import annotations
@@ -16,38 +14,32 @@ import contextlib
 import logging
 import random
 import time
-from collections import deque
 from collections.abc import Callable
 
-from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from prometheus_client import Gauge
 from redis.exceptions import RedisError
-from yarl import URL
 
 from relay.backoff import Backoff
 from relay.metrics import RelayMetrics
-from relay.models import WebhookDeadLetter, WebhookDeadLetterReason, WebhookDelivery
+from relay.models import WebhookDelivery
+from relay.origins import OriginLabels
 from relay.tracing.context import TraceContext
 from relay.tracing.spans import NO_TRACING, Tracing
-from relay.webhooks.breaker import EndpointGuards
+from relay.webhooks.admission import EndpointAdmission
 from relay.webhooks.client import AttemptResult, WebhookClient
 from relay.webhooks.deliveries import ClaimedDelivery, DeliveryStore
-from relay.webhooks.schedule import RetrySchedule
+from relay.webhooks.finisher import DeliveryFinisher, endpoint_host
+from relay.webhooks.history import AttemptRecord
+from relay.webhooks.legacy import migrate_legacy
 
 log = logging.getLogger(__name__)
 
-BUSY_DEFER_S = 0.5
-BUSY_WAIT_S = 5.0
-DEAD_LETTER_RETRY_S = 10.0
+DEFER_JITTER_S = 0.5
+RATE_DEFER_JITTER = 0.25
 RELEASE_TIMEOUT_S = 2.0
-
-
-def endpoint_host(endpoint: str) -> str:
-    """What logs show of an endpoint: its host only (paths and queries may carry tokens)."""
-    try:
-        return URL(endpoint).host or "?"
-    except ValueError:
-        return "?"
+LEGACY_CHECK_INTERVAL_S = 60.0
+MAX_SHOWN_ERROR_CHARS = 160
+PENDING_BY_ORIGIN_INTERVAL_S = 5.0
 
 
 class DeliveryWorker:
@@ -57,12 +49,11 @@ class DeliveryWorker:
         self,
         store: DeliveryStore,
         client: WebhookClient,
-        guards: EndpointGuards,
-        schedule: RetrySchedule,
-        producer: AIOKafkaProducer,
+        admission: EndpointAdmission,
+        finisher: DeliveryFinisher,
         metrics: RelayMetrics,
+        labels: OriginLabels,
         *,
-        dead_letter_topic: str,
         max_in_flight: int,
         lease_s: float,
         poll_interval_s: float,
@@ -73,11 +64,10 @@ class DeliveryWorker:
         self._store = store
         self._tracing = tracing
         self._client = client
-        self._guards = guards
-        self._schedule = schedule
-        self._producer = producer
+        self._admission = admission
+        self._finisher = finisher
         self._metrics = metrics
-        self._dead_letter_topic = dead_letter_topic
+        self._labels = labels
         self._max_in_flight = max_in_flight
         self._lease_s = lease_s
         self._poll_interval_s = poll_interval_s
@@ -88,7 +78,11 @@ class DeliveryWorker:
         self._stopping = False
         self._error_backoff = Backoff(0.2, 5.0, self._rng)
         self._gauges_at = 0.0
-        self._capacity_waiters: dict[str, deque[asyncio.Future[bool]]] = {}
+        self._by_origin_at = 0.0
+        # Pending deliveries per origin, all processes (read every few seconds: one field per
+        # origin with pending work, which a busy relay may have many of).
+        self.pending_by_origin: dict[str, int] = {}
+        self._legacy_at = 0.0
 
     def wake(self) -> None:
         """New deliveries were scheduled here: look for due ones now, not at the next poll."""
@@ -99,6 +93,7 @@ class DeliveryWorker:
         while not self._stopping:
             self._wakeup.clear()
             try:
+                await self._migrate_legacy()
                 busy = await self._claim_due()
                 await self._refresh_gauges()
                 errors = 0
@@ -121,16 +116,30 @@ class DeliveryWorker:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
+    async def _migrate_legacy(self) -> None:
+        """Move deliveries left by a relay before sharding (checked once a minute)."""
+        now = self._clock()
+        if now - self._legacy_at < LEGACY_CHECK_INTERVAL_S:
+            return
+        self._legacy_at = now
+        moved = await migrate_legacy(self._store, now)
+        if moved:
+            log.info("moved webhook deliveries into shards", extra={"deliveries": moved})
+
     async def _claim_due(self) -> bool:
         """Start what is due; ``True`` when more may be due right away."""
         free = self._max_in_flight - len(self._tasks)
         if free <= 0:
             return False
         now = self._clock()
-        ids = await self._store.due_ids(now, free)
-        for claimed in await self._store.claim(ids, now, self._lease_s):
-            self._start(claimed)
-        return len(ids) == free
+        refs = await self._store.due(now, free)
+        for claimed in await self._store.claim(refs, now, self._lease_s):
+            task = asyncio.create_task(
+                self._deliver(claimed), name=f"webhook-{claimed.delivery.delivery_id[:12]}"
+            )
+            self._tasks.add(task)
+            task.add_done_callback(self._done)
+        return len(refs) == free
 
     async def _idle(self) -> None:
         timeout = self._poll_interval_s
@@ -142,63 +151,27 @@ class DeliveryWorker:
             await asyncio.wait_for(self._wakeup.wait(), timeout)
 
     async def _refresh_gauges(self) -> None:
-        self._metrics.webhook_circuit_open_endpoints.set(self._guards.open_count())
         now = self._clock()
-        if now - self._gauges_at >= self._poll_interval_s:
-            self._gauges_at = now
-            self._metrics.webhook_pending_retries.set(await self._store.pending())
-
-    def _start(self, claimed: ClaimedDelivery) -> None:
-        work = self._when_free(claimed)
-        task = asyncio.create_task(work, name=f"webhook-{claimed.delivery.delivery_id[:12]}")
-        self._tasks.add(task)
-        task.add_done_callback(self._done)
-
-    async def _when_free(self, claimed: ClaimedDelivery) -> None:
-        """Attempt once the endpoint has a free slot and a closed breaker; else defer."""
-        endpoint = claimed.delivery.endpoint
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + BUSY_WAIT_S
-        try:
-            while not self._guards.has_capacity(endpoint):
-                remaining = deadline - loop.time()
-                if remaining <= 0 or not await self._capacity_freed(endpoint, remaining):
-                    await self._defer(claimed, BUSY_DEFER_S * self._rng.uniform(0.5, 1.5))
-                    return
-        except asyncio.CancelledError:
-            with contextlib.suppress(RedisError, TimeoutError):
-                await asyncio.wait_for(
-                    self._store.reschedule(claimed, self._clock()), RELEASE_TIMEOUT_S
-                )
-            raise
-        breaker = self._guards.breaker(endpoint)
-        if not breaker.allow():
-            self._metrics.webhook_attempts.labels("circuit_open").inc()
-            await self._defer(claimed, breaker.retry_in_s() + self._rng.uniform(0.0, BUSY_DEFER_S))
+        if now - self._gauges_at < self._poll_interval_s:
             return
-        self._guards.acquire(endpoint)
-        await self._attempt(claimed)
+        self._gauges_at = now
+        open_origins = self._admission.guards.open_origins()
+        self._metrics.webhook_circuit_open_endpoints.set(len(open_origins))
+        self._set_by_label(
+            self._metrics.webhook_endpoint_circuit_open, dict.fromkeys(open_origins, 1)
+        )
+        self._metrics.webhook_pending_retries.set(await self._store.pending())
+        if now - self._by_origin_at >= PENDING_BY_ORIGIN_INTERVAL_S:
+            self._by_origin_at = now
+            self.pending_by_origin = await self._store.pending_by_origin()
+            self._set_by_label(self._metrics.webhook_pending_deliveries, self.pending_by_origin)
 
-    async def _capacity_freed(self, endpoint: str, timeout_s: float) -> bool:
-        """``True`` when a slot of ``endpoint`` was released within ``timeout_s``."""
-        loop = asyncio.get_running_loop()
-        waiter: asyncio.Future[bool] = loop.create_future()
-        self._capacity_waiters.setdefault(endpoint, deque()).append(waiter)
-        expiry = loop.call_later(timeout_s, _expire, waiter)
-        try:
-            return await waiter
-        finally:
-            expiry.cancel()
-
-    def _release(self, endpoint: str) -> None:
-        self._guards.release(endpoint)
-        waiters = self._capacity_waiters.get(endpoint)
-        while waiters:
-            waiter = waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(True)
-                return
-        self._capacity_waiters.pop(endpoint, None)
+    def _set_by_label(self, gauge: Gauge, by_origin: dict[str, int]) -> None:
+        totals = dict.fromkeys([*self._labels.configured, "other"], 0)
+        for origin, n in by_origin.items():
+            totals[self._labels(origin)] += n
+        for label, n in totals.items():
+            gauge.labels(label).set(n)
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
@@ -206,41 +179,57 @@ class DeliveryWorker:
         if not task.cancelled() and task.exception() is not None:
             log.error("webhook delivery task failed", exc_info=task.exception())
 
-    async def _defer(self, claimed: ClaimedDelivery, delay_s: float) -> None:
-        """Give a delivery back unattempted (its attempt count unchanged)."""
+    async def _deliver(self, claimed: ClaimedDelivery) -> None:
+        origin, label = claimed.origin, self._labels(claimed.origin)
         try:
-            await self._store.reschedule(claimed, self._clock() + delay_s)
+            verdict = await self._admission.admit(origin)
         except RedisError as exc:
-            self._metrics.webhook_internal_errors.labels("reschedule").inc()
-            log.warning(
-                "deferring a delivery failed; its lease expires", extra={"reason": repr(exc)}
-            )
+            self._metrics.webhook_internal_errors.labels("rate_limit").inc()
+            log.warning("the webhook rate limiter failed", extra={"reason": repr(exc)})
+            await self._defer(claimed, 1.0)
+            return
+        except asyncio.CancelledError:
+            await self._release_now(claimed)
+            raise
+        if not verdict.go:
+            if verdict.reason == "circuit_open":
+                self._metrics.webhook_attempts.labels(label, "circuit_open").inc()
+                delay = verdict.defer_s + self._rng.uniform(0.0, DEFER_JITTER_S)
+            elif verdict.reason == "rate_limited":
+                self._metrics.webhook_rate_limited.labels(label, "deferred").inc()
+                delay = verdict.defer_s * self._rng.uniform(1.0, 1.0 + RATE_DEFER_JITTER)
+            else:
+                delay = verdict.defer_s * self._rng.uniform(0.5, 1.5)
+            await self._defer(claimed, delay)
+            return
+        if verdict.waited_s > 0:
+            self._metrics.webhook_rate_limited.labels(label, "waited").inc()
+        await self._attempt(claimed, origin, label)
 
-    async def _attempt(self, claimed: ClaimedDelivery) -> None:
+    async def _attempt(self, claimed: ClaimedDelivery, origin: str, label: str) -> None:
         d = claimed.delivery
+        started = self._clock()
+        loop = asyncio.get_running_loop()
+        began = loop.time()
         try:
             result = await self._post(d)
         except asyncio.CancelledError:
             # Shutting down mid-attempt: hand the delivery back now rather than at lease expiry.
-            with contextlib.suppress(RedisError, TimeoutError):
-                await asyncio.wait_for(
-                    self._store.reschedule(claimed, self._clock()), RELEASE_TIMEOUT_S
-                )
+            await self._release_now(claimed)
             raise
         finally:
-            self._release(d.endpoint)
-        if result.outcome != "refused":
-            self._guards.breaker(d.endpoint).record(result.endpoint_healthy)
-        self._metrics.webhook_attempts.labels(result.outcome).inc()
-        updated = d.model_copy(
-            update={
-                "attempts": d.attempts + 1,
-                "last_status": result.status,
-                "last_error": result.error,
-            }
+            self._admission.release(origin)
+        record = AttemptRecord(
+            at_ms=int(started * 1000),
+            outcome=result.outcome,
+            status=result.status,
+            latency_ms=int((loop.time() - began) * 1000),
         )
+        if result.outcome != "refused":
+            self._admission.guards.breaker(origin).record(result.health, _error_of(result))
+        self._metrics.webhook_attempts.labels(label, result.outcome).inc()
         try:
-            await self._conclude(claimed, updated, result)
+            await self._finisher.conclude(claimed, result, record)
         except RedisError as exc:
             self._metrics.webhook_internal_errors.labels("finish").inc()
             log.warning(
@@ -265,76 +254,27 @@ class DeliveryWorker:
                 span.set("http.response.status_code", result.status)
             return result
 
-    async def _conclude(
-        self, claimed: ClaimedDelivery, d: WebhookDelivery, result: AttemptResult
-    ) -> None:
-        context = {
-            "event_id": d.event_id,
-            "idempotency_key": d.idempotency_key,
-            "endpoint_host": endpoint_host(d.endpoint),
-            "attempt": d.attempts,
-            "outcome": result.outcome,
-            "status": result.status,
-        }
-        if result.outcome == "success":
-            await self._store.finish(claimed, "delivered")
-            self._metrics.webhook_deliveries.labels("delivered").inc()
-            if not d.replayed:
-                latency_s = self._clock() - d.published_ms / 1000
-                self._metrics.webhook_delivery_latency.observe(max(0.0, latency_s))
-            log.debug("webhook delivered", extra=context)
-        elif result.outcome == "gone":
-            await self._store.finish(claimed, "gone")
-            self._metrics.webhook_deliveries.labels("gone").inc()
-            log.warning("endpoint answered 410 Gone; delivery stopped", extra=context)
-        elif result.outcome == "refused":
-            log.warning(
-                "webhook endpoint refused by the SSRF policy: %s", result.error, extra=context
-            )
-            await self._dead_letter(claimed, d, "refused")
-        else:
-            delay = self._schedule.delay_before(d.attempts, result.retry_after_s)
-            if delay is None:
-                log.warning("webhook retries exhausted", extra=context)
-                await self._dead_letter(claimed, d, "exhausted")
-            else:
-                log.info("webhook attempt failed; retrying", extra={**context, "delay_s": delay})
-                await self._store.reschedule(claimed, self._clock() + delay, d)
-
-    async def _dead_letter(
-        self, claimed: ClaimedDelivery, d: WebhookDelivery, reason: WebhookDeadLetterReason
-    ) -> None:
-        letter = WebhookDeadLetter(
-            endpoint=d.endpoint,
-            event_id=d.event_id,
-            idempotency_key=d.idempotency_key,
-            type=d.type,
-            reason=reason,
-            attempts=d.attempts,
-            last_status=d.last_status,
-            last_error=d.last_error,
-            published_ms=d.published_ms,
-            traceparent=d.traceparent,
-            tracestate=d.tracestate,
-        )
+    async def _defer(self, claimed: ClaimedDelivery, delay_s: float) -> None:
+        """Give a delivery back unattempted (its attempt count unchanged)."""
         try:
-            await self._producer.send_and_wait(
-                self._dead_letter_topic,
-                value=d.body,
-                key=d.idempotency_key.encode(),
-                headers=letter.headers(),
+            await self._store.reschedule(claimed, self._clock() + delay_s)
+        except RedisError as exc:
+            self._metrics.webhook_internal_errors.labels("reschedule").inc()
+            log.warning(
+                "deferring a delivery failed; its lease expires", extra={"reason": repr(exc)}
             )
-        except KafkaError as exc:
-            # Keep it durable in Redis and try the dead letter again later (one more attempt).
-            self._metrics.webhook_internal_errors.labels("dead_letter").inc()
-            log.warning("writing a webhook dead letter failed", extra={"reason": repr(exc)})
-            await self._store.reschedule(claimed, self._clock() + DEAD_LETTER_RETRY_S)
-            return
-        await self._store.finish(claimed, "dead_lettered")
-        self._metrics.webhook_dead_lettered.inc()
-        self._metrics.webhook_deliveries.labels("dead_lettered").inc()
+
+    async def _release_now(self, claimed: ClaimedDelivery) -> None:
+        with contextlib.suppress(RedisError, TimeoutError):
+            await asyncio.wait_for(
+                self._store.reschedule(claimed, self._clock()), RELEASE_TIMEOUT_S
+            )
 
 
-def _expire(waiter: asyncio.Future[bool]) -> None:
-    if not waiter.done():
-        waiter.set_result(False)
+def _error_of(result: AttemptResult) -> str:
+    """What the status page shows as an origin's last error (a host at most, never a path)."""
+    if result.status is not None:
+        return f"HTTP {result.status}"
+    if not result.error:
+        return result.outcome
+    return f"{result.outcome}: {result.error}"[:MAX_SHOWN_ERROR_CHARS]

@@ -27,6 +27,7 @@ _GROUPS: dict[str, list[tuple[str, str, bool]]] = {
     ],
     "apps/v1": [("deployments", "Deployment", True)],
     "policy/v1": [("poddisruptionbudgets", "PodDisruptionBudget", True)],
+    "networking.k8s.io/v1": [("networkpolicies", "NetworkPolicy", True)],
     "monitoring.coreos.com/v1": [
         ("servicemonitors", "ServiceMonitor", True),
         ("prometheusrules", "PrometheusRule", True),

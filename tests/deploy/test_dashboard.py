@@ -1,7 +1,9 @@
-"""The Grafana dashboard: well-formed panels whose queries use metrics the relay exports.
+"""The Grafana dashboard: well-formed panels in rows whose queries use metrics the relay exports,
+scoped by the namespace and job variables.
 
 PromQL syntax is checked by ``promtool check rules`` (Debian package ``prometheus``) when it is
-installed: every query becomes a recording rule, which promtool parses.
+installed: every query, its Grafana variables substituted, becomes a recording rule, which promtool
+parses. tests/test_observability.py evaluates them against a real Prometheus.
 """
 
 from __future__ import annotations
@@ -59,8 +61,22 @@ _SERIES_SUFFIXES = {
     "counter": ("_total",),
     "histogram": ("_bucket", "_sum", "_count"),
     "gauge": ("",),
+    "info": ("_info",),
 }
-METRIC_NAME = re.compile(r"\b(relay_[a-z0-9_]+)\b")
+METRIC_NAME = re.compile(r"\b((?:relay|process)_[a-z0-9_]+)\b")
+# Gauges every process sets to the same shared (Redis) value: summing them multiplies the truth.
+SHARED_GAUGES = {"relay_webhook_pending_retries"}
+VARIABLES = {"datasource", "namespace", "job"}
+SCOPE = 'namespace=~"$namespace", job=~"$job"'
+# What Grafana puts in place of the variables, for tools that read plain PromQL.
+SUBSTITUTIONS = {"$__rate_interval": "1m", "$namespace": ".*", "$job": "mindvideo-relay"}
+
+
+def plain_promql(expr: str) -> str:
+    """A dashboard query as Grafana sends it, with "All" namespaces and the default job."""
+    for variable, value in SUBSTITUTIONS.items():
+        expr = expr.replace(variable, value)
+    return expr
 
 
 def exported_series() -> set[str]:
@@ -77,8 +93,12 @@ def dashboard() -> dict[str, Any]:
     return data
 
 
+def _panels(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
+    return [panel for panel in dashboard["panels"] if panel["type"] != "row"]
+
+
 def _targets(dashboard: dict[str, Any]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
-    return [(panel, target) for panel in dashboard["panels"] for target in panel["targets"]]
+    return [(panel, target) for panel in _panels(dashboard) for target in panel["targets"]]
 
 
 def test_datasource_variable(dashboard: dict[str, Any]) -> None:
@@ -88,11 +108,37 @@ def test_datasource_variable(dashboard: dict[str, Any]) -> None:
     assert dashboard["uid"] == "mindvideo-relay"
 
 
+def test_namespace_and_job_variables(dashboard: dict[str, Any]) -> None:
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert set(variables) == VARIABLES
+    for name in ("namespace", "job"):
+        variable = variables[name]
+        assert variable["type"] == "query"
+        assert variable["datasource"] == DATASOURCE
+        assert variable["multi"]
+        assert variable["includeAll"]
+        assert "label_values(relay_build_info" in variable["definition"]
+        assert variable["definition"].endswith(f", {name})")
+    # Without a namespace label (Compose) "All" must still match; the job's "All" is the list of
+    # relay jobs, never ".*", which would pull other jobs' process_* series in.
+    assert variables["namespace"]["allValue"] == ".*"
+    assert "allValue" not in variables["job"]
+
+
+def test_rows_group_the_panels(dashboard: dict[str, Any]) -> None:
+    rows = [panel for panel in dashboard["panels"] if panel["type"] == "row"]
+    assert [row["title"] for row in rows][:1] == ["Overview"]
+    assert {"Process", "Spend", "Latency", "Dedupe and webhooks"} <= {r["title"] for r in rows}
+    assert dashboard["panels"][0]["type"] == "row", "every panel sits under a row"
+    for row in rows:
+        assert row["gridPos"]["w"] == GRID_WIDTH
+        assert row["collapsed"] is False
+
+
 def test_panels_are_unique_and_queried(dashboard: dict[str, Any]) -> None:
-    panels = dashboard["panels"]
-    ids = [panel["id"] for panel in panels]
+    ids = [panel["id"] for panel in dashboard["panels"]]
     assert len(ids) == len(set(ids)), "panel ids must be unique"
-    for panel in panels:
+    for panel in _panels(dashboard):
         assert panel["title"]
         assert panel["datasource"] == DATASOURCE, panel["title"]
         targets = panel["targets"]
@@ -103,7 +149,7 @@ def test_panels_are_unique_and_queried(dashboard: dict[str, Any]) -> None:
             assert target["datasource"] == DATASOURCE
 
 
-def test_panels_do_not_overlap(dashboard: dict[str, Any]) -> None:
+def test_panels_do_not_overlap(dashboard: dict[str, Any]) -> None:  # rows included
     taken: dict[tuple[int, int], str] = {}
     for panel in dashboard["panels"]:
         grid = panel["gridPos"]
@@ -123,6 +169,11 @@ def test_queries_use_known_metrics(dashboard: dict[str, Any]) -> None:
         assert names <= known, f"{panel['title']}: unknown {names - known}"
         used |= names
     assert used >= REQUIRED_METRICS, f"not on the dashboard: {REQUIRED_METRICS - used}"
+    assert {
+        "relay_build_info",
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+    } <= used
 
 
 def test_queries_fit_the_metric_types(dashboard: dict[str, Any]) -> None:
@@ -130,14 +181,34 @@ def test_queries_fit_the_metric_types(dashboard: dict[str, Any]) -> None:
         expr = target["expr"]
         for quantile in re.finditer(r"histogram_quantile\(([^,]+),(.*)\)", expr):
             assert 0 < float(quantile.group(1)) < 1, expr
-            assert "_bucket[" in quantile.group(2), expr
+            assert re.search(r"_bucket(\{[^}]*\})?\[", quantile.group(2)), expr
             assert re.search(r"by \((le\b|[^)]*\ble\b)", quantile.group(2)), expr
         for name in METRIC_NAME.findall(expr):
             counter = name.endswith(("_total", "_bucket", "_count", "_sum"))
             windowed = re.search(rf"(rate|increase)\({name}(\{{[^}}]*\}})?\[", expr)
             assert bool(windowed) == counter, f"{panel['title']}: {name} in {expr!r}"
         assert expr.count("(") == expr.count(")"), expr
-        assert "$" not in expr, "plain PromQL: no Grafana variables in queries"
+
+
+def test_queries_are_scoped_windowed_and_aggregated_right(dashboard: dict[str, Any]) -> None:
+    for panel, target in _targets(dashboard):
+        expr = target["expr"]
+        title = panel["title"]
+        used = set(re.findall(r"\$(\w+)", expr))
+        assert used <= {"namespace", "job", "__rate_interval"}, f"{title}: {used}"
+        selectors = re.findall(r"\b(?:relay|process)_[a-z0-9_]+(\{[^}]*\}|)", expr)
+        for selector in selectors:
+            assert selector.startswith("{" + SCOPE), f"{title}: unscoped selector in {expr!r}"
+        # rate() follows the scrape interval; increase() windows are what the panel is about
+        # ("per hour", "last 24 h") and at least an hour long.
+        for window in re.findall(r"\brate\([^\[]*\[([^\]]+)\]", expr):
+            assert window == "$__rate_interval", f"{title}: rate over {window}"
+        for window in re.findall(r"\bincrease\([^\[]*\[([^\]]+)\]", expr):
+            assert window.endswith("h"), f"{title}: increase over {window}"
+        for gauge in SHARED_GAUGES & set(METRIC_NAME.findall(expr)):
+            assert re.search(rf"\bmax(\s+by\s*\([^)]*\))?\s*\(\s*{gauge}\b", expr), (
+                f"{title}: sum of {gauge}"
+            )
 
 
 @pytest.mark.integration
@@ -147,7 +218,10 @@ def test_promql_parses(dashboard: dict[str, Any], tmp_path: Path) -> None:
         assert not os.environ.get("CI"), "CI: promtool is missing; .ci/run installs it"
         pytest.skip("promtool not installed (apt-get install prometheus)")
     rules = [
-        {"record": f"dashboard:panel{panel['id']}_{target['refId']}", "expr": target["expr"]}
+        {
+            "record": f"dashboard:panel{panel['id']}_{target['refId']}",
+            "expr": plain_promql(target["expr"]),
+        }
         for panel, target in _targets(dashboard)
     ]
     path = tmp_path / "dashboard-rules.yml"

@@ -1,24 +1,30 @@
-"""The container image: the Dockerfile's shape, and its build steps replayed in a clean venv.
+"""The container image: the Dockerfile's shape, its lock files, and its build steps replayed in a
+clean venv.
 
-There is no Docker engine here, so the builder stage's commands (wheel without dependencies,
-install into a fresh venv, drop pip) are run on the host Python against a copy of exactly what
-the Dockerfile copies; the resulting venv is what the runtime stage would ship.
+There is no Docker engine here, so the builder stage's commands (dependencies from the hash-pinned
+lock, a wheel built with the locked backend, installed without dependencies, pip check, drop pip)
+are run on the host Python against a copy of exactly what the Dockerfile copies; the resulting
+venv is what the runtime stage would ship.
 """
 
 from __future__ import annotations
 
 import http.server
+import importlib.metadata
 import os
+import re
 import shutil
 import socket
 import subprocess
 import sys
 import threading
+import tomllib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
 
 from relay import __version__
 from relay.settings import RelaySettings
@@ -26,6 +32,9 @@ from tests.deploy.dockerfile import Stage, parse_dockerfile
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO / "Dockerfile"
+LOCK = REPO / "requirements.lock"
+BUILD_LOCK = REPO / "requirements-build.lock"
+PIN = re.compile(r"^([A-Za-z0-9_.-]+)==(\S+)((?:\s+--hash=sha256:[0-9a-f]{64})+)$")
 RUNTIME_UID = "10001"
 BUILD_TOOLS = ("gcc", "g++", "build-essential", "make", "clang", "python3-dev", "libc6-dev")
 STEP_TIMEOUT_S = 240
@@ -86,6 +95,79 @@ def test_runtime_contract(stages: list[Stage]) -> None:
     assert command[0] == "python"
     assert "http://127.0.0.1:" in command[-1]
     assert "/healthz" in command[-1]
+
+
+def _locked(path: Path) -> dict[str, str]:
+    """name -> version of a lock file; every entry must be pinned with at least one hash."""
+    text = path.read_text().replace("\\\n", " ")
+    pins = {}
+    for line in text.splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        match = PIN.fullmatch(line.strip())
+        assert match, f"{path.name}: not a hash-pinned requirement: {line}"
+        pins[match.group(1).lower()] = match.group(2)
+    return pins
+
+
+def _runtime_closure() -> set[str]:
+    """The relay's runtime dependencies and theirs, as installed here (no extras)."""
+    seen: set[str] = set()
+    todo = [Requirement(r) for r in importlib.metadata.requires("mindvideo-relay") or []]
+    while todo:
+        req = todo.pop()
+        if req.marker is not None and not req.marker.evaluate({"extra": ""}):
+            continue
+        name = req.name.lower().replace("_", "-")
+        if name in seen:
+            continue
+        seen.add(name)
+        todo.extend(Requirement(r) for r in importlib.metadata.requires(name) or [])
+    return seen
+
+
+def test_the_lock_pins_exactly_the_runtime_dependencies() -> None:
+    pins = _locked(LOCK)
+    assert set(pins) == _runtime_closure(), "regenerate: python deploy/lock_requirements.py"
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    for line in pyproject["project"]["dependencies"]:
+        req = Requirement(line)
+        assert req.specifier.contains(pins[req.name.lower()]), f"{req} vs {pins[req.name]}"
+    assert not {"pytest", "ruff", "mypy", "noida-db"} & set(pins), "no test tools in the image"
+    build = _locked(BUILD_LOCK)
+    for line in pyproject["build-system"]["requires"]:
+        req = Requirement(line)
+        assert req.specifier.contains(build[req.name.lower()]), f"{req} vs build lock"
+
+
+def test_dependencies_are_a_layer_before_the_code(stages: list[Stage]) -> None:
+    builder = stages[0]
+    steps = [(i.keyword, i.args) for i in builder.instructions if i.keyword in ("COPY", "RUN")]
+    copies = [args for keyword, args in steps if keyword == "COPY"]
+    assert copies[0].split()[:-1] == ["requirements.lock", "requirements-build.lock"]
+    first_run = next(args for keyword, args in steps if keyword == "RUN")
+    assert "--require-hashes --no-deps -r requirements.lock" in first_run
+    assert "--require-hashes --no-deps -r requirements-build.lock" in first_run
+    code_at = next(n for n, (k, a) in enumerate(steps) if k == "COPY" and a.startswith("relay"))
+    assert steps.index(("RUN", first_run)) < code_at, "dependencies are cached before the code"
+    (build,) = [args for keyword, args in steps[code_at:] if keyword == "RUN"]
+    assert "--no-build-isolation" in build, "the wheel is built with the locked backend"
+    assert "/opt/venv/bin/pip install --no-deps /wheels/" in build
+    assert "/opt/venv/bin/pip check" in build
+
+
+def test_oci_labels(stages: list[Stage]) -> None:
+    runtime = stages[-1]
+    text = " ".join(label.args for label in runtime.all("LABEL"))
+    labels = dict(re.findall(r'(org\.opencontainers\.image\.[a-z]+)="([^"]*)"', text))
+    for name in ("title", "description", "licenses", "version", "revision", "created", "source"):
+        assert f"org.opencontainers.image.{name}" in labels, name
+    assert labels["org.opencontainers.image.licenses"] == "Apache-2.0"
+    args = {a.args.split("=")[0]: a.args.split("=", 1)[1] for a in runtime.all("ARG")}
+    assert args["VERSION"] == __version__
+    assert labels["org.opencontainers.image.version"] == "${VERSION}"
+    assert "Apache License" in (REPO / "LICENSE").read_text()
+    assert "Version 2.0, January 2004" in (REPO / "LICENSE").read_text()
 
 
 def test_dockerignore_keeps_what_the_build_copies(stages: list[Stage]) -> None:
@@ -179,18 +261,23 @@ def test_build_steps_in_a_clean_venv(
     if "PIP_CACHE_DIR" not in base and "XDG_CACHE_HOME" not in base:
         base["PIP_CACHE_DIR"] = str(Path.home() / ".cache" / "pip")  # share the user's cache
 
-    py = sys.executable
+    # The image's builder Python gets the locked build backend; here a venv stands in for it.
+    py, builder = sys.executable, tmp_path / "builder"
+    vpip, bpy = venv / "bin" / "pip", builder / "bin" / "python"
     steps: list[list[str | Path]] = [
-        [py, "-m", "pip", "wheel", "-q", "--no-deps", "--wheel-dir", wheels, "."],
         [py, "-m", "venv", venv],
+        [vpip, "install", "-q", "--require-hashes", "--no-deps", "-r", "requirements.lock"],
+        [py, "-m", "venv", builder],
+        [bpy, "-m", "pip", "install", "-q", "--require-hashes", "--no-deps", "-r", BUILD_LOCK.name],
+        [bpy, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", wheels, "."],
     ]
     for step in steps:
         done = _run(*step, env=base, cwd=context)
         assert done.returncode == 0, done.stderr
     (wheel,) = wheels.glob("mindvideo_relay-*.whl")
-    vpip = venv / "bin" / "pip"
     installs: list[list[str | Path]] = [
-        [vpip, "install", "-q", wheel],
+        [vpip, "install", "-q", "--no-deps", wheel],
+        [vpip, "check"],
         [vpip, "uninstall", "-q", "--yes", "pip", "setuptools"],
     ]
     for step in installs:

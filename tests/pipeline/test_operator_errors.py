@@ -27,6 +27,20 @@ async def _wait_ready(pipeline: Pipeline, port: int, ready: bool, timeout_s: flo
     raise AssertionError(f"/readyz never became {'ready' if ready else 'not ready'}: {body}")
 
 
+async def _wait_mindvideo_check(pipeline: Pipeline, port: int, ok: bool, timeout_s: float) -> str:
+    """Refused credentials are reported in /readyz's body while it stays 200: a restart cannot
+    fix a key, and an unready pod would block node drains (docs/runbook.md)."""
+    deadline = time.monotonic() + timeout_s
+    body = ""
+    while time.monotonic() < deadline:
+        status, body = await pipeline.relay_get(port, "/readyz")
+        assert status == 200, body
+        if (json.loads(body)["checks"]["mindvideo"] == "ok") == ok:
+            return body
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"/readyz never reported mindvideo {'ok' if ok else 'refused'}: {body}")
+
+
 async def test_revoked_key_pauses_and_rejects_nothing(pipeline: Pipeline, unique: str) -> None:
     _, port = await pipeline.start_relay(RELAY_MINDVIDEO_PROBE_INTERVAL_S="0.5")
     await _wait_ready(pipeline, port, True, 30.0)
@@ -37,14 +51,19 @@ async def test_revoked_key_pauses_and_rejects_nothing(pipeline: Pipeline, unique
     await pipeline.sim_post("/_sim/keys", {"revoke": [SIM_API_KEY]})
     keys = [f"creds-{unique[:8]}-{i:02d}" for i in range(20)]
     await pipeline.produce([_record(k) for k in keys])
-    body = await _wait_ready(pipeline, port, False, 30.0)
+    body = await _wait_mindvideo_check(pipeline, port, False, 30.0)
     assert "401" in json.loads(body)["checks"]["mindvideo"], body
+    assert json.loads(body)["status"] == "degraded", body
+    deadline = time.monotonic() + 15.0  # the gauge follows the checks every 5 s
+    while await pipeline.metric(port, "relay_dependency_up", dependency="mindvideo") != 0:
+        assert time.monotonic() < deadline, "relay_dependency_up{mindvideo} never fell to 0"
+        await asyncio.sleep(0.5)
     await asyncio.sleep(2.0)
     during = await pipeline.results(set(), 1.0, min_count=10**9)
     assert [r.key for r in during] == [warmup], "nothing rejected while the key is refused"
 
     await pipeline.sim_post("/_sim/keys", {"restore": [SIM_API_KEY]})
-    await _wait_ready(pipeline, port, True, 30.0)
+    await _wait_mindvideo_check(pipeline, port, True, 30.0)
     results = await pipeline.results(set(keys), 60.0)
     assert sorted(r.key for r in results if r.key != warmup) == sorted(keys)
     assert {r.value["status"] for r in results} == {"succeeded"}

@@ -15,6 +15,7 @@ import os
 import re
 import sys
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -204,6 +205,12 @@ class Pipeline:
         ):
             resp.raise_for_status()
             return await resp.json()
+
+
+async def charges_per_key(pipeline: Pipeline) -> Counter[str]:
+    """How many times the simulator's ledger charged each idempotency key."""
+    ledger = await pipeline.sim_get("/_sim/ledger")
+    return Counter(charge["idempotency_key"] for charge in ledger["charges"])
 
 
 async def relay_metric(port: int, name: str, **labels: str) -> float:

@@ -4,6 +4,7 @@ arrives and answers as the test scripts it (status codes, hangs, being down)."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,10 +34,18 @@ class Receiver:
     """Records every request; ``behaviour`` decides the answer."""
 
     behaviour: Behaviour = lambda _: 200
-    port: int = field(default_factory=free_port)
+    # 0: a port of its own, held from construction on (bound, not yet listening, so connections
+    # are refused until ``start``), so no other process's connection can take it meanwhile.
+    port: int = 0
     path: str = "/hook"
     deliveries: list[Delivery] = field(default_factory=list)
     _runner: web.AppRunner | None = None
+    _sock: socket.socket | None = None
+
+    def __post_init__(self) -> None:
+        if self.port == 0:
+            self._sock = _bound_socket(0)
+            self.port = self._sock.getsockname()[1]
 
     @property
     def url(self) -> str:
@@ -56,12 +65,13 @@ class Receiver:
 
     async def start(self) -> None:
         app = web.Application()
-        app.router.add_post(self.path, self._handle)
+        app.router.add_post("/{tail:.*}", self._handle)  # any path: URL variants of one host
         self._runner = web.AppRunner(
             app, access_log=None, handler_cancellation=True, shutdown_timeout=0.1
         )
         await self._runner.setup()
-        await web.TCPSite(self._runner, LOCALHOST, self.port).start()
+        sock, self._sock = self._sock or _bound_socket(self.port), None
+        await web.SockSite(self._runner, sock).start()  # the site closes it on cleanup
 
     async def stop(self) -> None:
         if self._runner is not None:
@@ -90,3 +100,37 @@ class Receiver:
                 return True
             await asyncio.sleep(0.05)
         return predicate()
+
+
+@dataclass
+class DeadReceiver:
+    """A receiver that is down but countable: it accepts each TCP connection and closes it at
+    once, before reading anything (a crashed app behind a TCP proxy). The relay sees a
+    connection error, as with a refused port; the test sees when each connection came."""
+
+    port: int = field(default_factory=free_port)
+    connections: list[float] = field(default_factory=list)
+    _server: asyncio.Server | None = None
+
+    def url(self, path: str = "/hook") -> str:
+        return f"http://{LOCALHOST}:{self.port}{path}"
+
+    async def _accept(self, _: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections.append(time.time())
+        writer.transport.abort()  # RST: nothing is answered
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._accept, LOCALHOST, self.port)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+
+
+def _bound_socket(port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a restart right after a stop
+    sock.bind((LOCALHOST, port))
+    return sock

@@ -1,0 +1,159 @@
+"""Every Lua script keeps its keys in one Redis Cluster hash slot (DESIGN §8).
+
+Three proofs, weakest first: each script in the package names every key it touches through
+``KEYS`` (a key built inside Lua would escape routing); each script the stores register is run
+and the keys it is given share one slot by redis-py's own key-slot function; and the same calls
+succeed on a real Redis Cluster, which refuses a script whose keys span slots (CROSSSLOT). The
+whole pipeline on that cluster is in ``tests/test_redis_topologies.py``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import re
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
+from redis.crc import key_slot
+
+import relay
+from relay.models import WebhookDelivery
+from relay.pipeline.idempotency import IdempotencyStore
+from relay.redis import RedisClient, ScriptingRedisCluster
+from relay.webhooks.deliveries import DeliveryStore
+from relay.webhooks.ratelimit import RateLimiter, RateLimits
+from tests.support.redis_topologies import RedisCluster
+
+_CALL = re.compile(r"redis\.call\(\s*'(\w+)'\s*(?:,\s*([^,)]+))?")
+KEYLESS_COMMANDS = frozenset({"TIME"})
+
+
+def _scripts_in_package() -> dict[str, str]:
+    """Every Lua script constant in the ``relay`` package, by ``module.NAME``."""
+    found: dict[str, str] = {}
+    for info in pkgutil.walk_packages(relay.__path__, "relay."):
+        if info.name.endswith("__main__"):
+            continue
+        module = importlib.import_module(info.name)
+        for name, value in vars(module).items():
+            # Constants holding a script: `*_LUA`, or an upper-case name whose text calls Redis.
+            if not isinstance(value, str) or not name.isupper():
+                continue
+            if name.endswith("_LUA") or "redis.call(" in value:
+                found[f"{info.name}.{name}"] = value
+    return found
+
+
+def test_every_script_names_its_keys_in_KEYS() -> None:
+    scripts = _scripts_in_package()
+    assert len(scripts) >= 7, f"the stores' scripts were not found: {sorted(scripts)}"
+    for where, source in scripts.items():
+        calls = _CALL.findall(source)
+        assert calls, f"{where} makes no redis.call"
+        for command, key in calls:
+            if command.upper() in KEYLESS_COMMANDS:
+                continue
+            assert re.fullmatch(r"KEYS\[(\d+|i)\]", key.strip()), (
+                f"{where}: redis.call('{command}', {key.strip()}) does not take its key from KEYS"
+            )
+
+
+class ScriptRecorder:
+    """Which scripts were registered, and the keys each call of a script was given."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.registered: set[str] = set()
+        self.calls: list[tuple[str, list[str]]] = []
+        original_init: Callable[..., None] = AsyncScript.__init__
+        original_call: Callable[..., Any] = AsyncScript.__call__
+        recorder = self
+
+        def init(script: AsyncScript, client: Any, text: Any) -> None:
+            original_init(script, client, text)
+            recorder.registered.add(script.sha)
+
+        async def call(
+            script: AsyncScript,
+            keys: Sequence[Any] | None = None,
+            args: Sequence[Any] | None = None,
+            client: Any = None,
+        ) -> Any:
+            recorder.calls.append((script.sha, [str(k) for k in keys or ()]))
+            return await original_call(script, keys, args, client)
+
+        monkeypatch.setattr(AsyncScript, "__init__", init)
+        monkeypatch.setattr(AsyncScript, "__call__", call)
+
+
+async def _exercise_every_store(redis: RedisClient, prefix: str) -> None:
+    """Each store method that runs a script, as the relay calls them."""
+    idem = IdempotencyStore(redis, prefix=prefix, retention_s=600)
+    for i in range(20):  # keys in many slots
+        key = f"order-{i}"
+        assert (await idem.claim(key, "fp", "model", "now")).outcome == "new"
+        await idem.mark_submitted(
+            key, task_id=f"task_{i}", request_id=None, cost_estimate=0.01, submitted_at="now"
+        )
+        assert await idem.first_time(key, "rejected:x")
+        assert (await idem.claim(key, "fp", "model", "now")).outcome == "existing"
+    webhooks = DeliveryStore(redis, prefix=prefix, done_retention_s=600)
+    now = time.time()
+    deliveries = [
+        WebhookDelivery(
+            endpoint=f"https://hooks.example/{i}",
+            event_id=f"evt_{i}",
+            idempotency_key=f"order-{i}",
+            type="task.succeeded",
+            body=b"{}",
+            published_ms=0,
+        )
+        for i in range(5)
+    ]
+    assert await webhooks.schedule(deliveries, now) == 5
+    claimed = await webhooks.claim(await webhooks.due(now, 10), now, lease_s=30)
+    assert len(claimed) == 5
+    assert await webhooks.reschedule(claimed[0], now + 60)
+    assert all([await webhooks.finish(c, "delivered") for c in claimed[1:]])
+    limiter = RateLimiter(redis, prefix=prefix, limits=RateLimits({}, default=1000.0))
+    for i in range(5):  # origins in many slots
+        assert (await limiter.reserve(f"https://hooks-{i}.example", max_wait_s=1.0)).granted
+
+
+def _assert_one_slot_per_call(recorder: ScriptRecorder) -> None:
+    assert recorder.registered, "no script was registered"
+    assert {sha for sha, _ in recorder.calls} == recorder.registered, "every script was run"
+    for sha, keys in recorder.calls:
+        assert keys, f"script {sha[:8]} was called without keys"
+        slots = {key_slot(key.encode()) for key in keys}
+        assert len(slots) == 1, f"script {sha[:8]} got keys in {len(slots)} slots: {keys}"
+
+
+async def test_every_registered_script_call_stays_in_one_slot(
+    redis_client: aioredis.Redis, unique: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    recorder = ScriptRecorder(monkeypatch)
+    await _exercise_every_store(redis_client, unique)
+    _assert_one_slot_per_call(recorder)
+
+
+async def test_the_stores_run_on_a_real_cluster(
+    redis_cluster: RedisCluster, unique: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    recorder = ScriptRecorder(monkeypatch)
+    client = ScriptingRedisCluster.from_url(redis_cluster.url)
+    try:
+        await _exercise_every_store(client, unique)
+        _assert_one_slot_per_call(recorder)
+        keys = [k async for k in client.scan_iter(match=f"{unique}:idem:*")]
+        nodes = {getattr(client.get_node_from_key(k), "name", None) for k in keys}
+        assert len(nodes) == len(redis_cluster.ports), "the keys are spread over every node"
+        # A script cache lost on every node (a failover, SCRIPT FLUSH) is loaded again.
+        await client.script_flush()
+        await _exercise_every_store(client, f"{unique}-again")
+    finally:
+        await client.aclose()

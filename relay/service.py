@@ -15,6 +15,7 @@ from relay import __version__
 from relay.backoff import Backoff
 from relay.exceptions import ConfigurationError, OperatorError, RetryableError
 from relay.http import build_http_app
+from relay.loopmonitor import LoopLagMonitor
 from relay.metrics import RelayMetrics
 from relay.pipeline.consumer import RequestConsumer
 from relay.pipeline.follower import TaskFollower
@@ -59,6 +60,7 @@ class Relay:
         self._tasks: list[asyncio.Task[None]] = []
         self._client: MindVideoClient | None = None
         self._webhooks: WebhookDispatcher | None = None
+        self._loop_lag = LoopLagMonitor(self.metrics.event_loop_lag)
 
     async def start(self) -> None:
         s = self.settings
@@ -67,6 +69,7 @@ class Relay:
             "starting mindvideo-relay", extra={"version": __version__, "settings": s.compact()}
         )
         log.debug("all settings", extra={"settings": s.redacted()})
+        self._loop_lag.start()
         if s.kafka_create_topics:
             await create_topics(
                 s.kafka_bootstrap_servers,
@@ -210,6 +213,7 @@ class Relay:
             await self._stream_session.close()
         if self._redis is not None:
             await self._redis.aclose()
+        await self._loop_lag.stop()
         log.info("stopped")
 
     async def readiness(self) -> dict[str, str | None]:

@@ -125,9 +125,9 @@ def _state_rows(state: dict[str, Any] | None) -> list[Row]:
             )
         )
     if "commands_per_request" in state:
-        top = ", ".join(
-            f"{name} {count:g}" for name, count in list(state["top_per_request"].items())[:5]
-        )
+        # Most first (the JSON file stores them sorted by name).
+        ranked = sorted(state["top_per_request"].items(), key=lambda item: (-item[1], item[0]))
+        top = ", ".join(f"{name} {count:g}" for name, count in ranked[:5])
         out.append(
             (
                 "Redis commands per request (INFO commandstats)",

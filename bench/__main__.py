@@ -20,13 +20,15 @@ from typing import Any
 
 from bench.concurrency import ConcurrencyConfig, in_flight
 from bench.latency import LatencyConfig, added_latency
-from bench.machine import machine_info
+from bench.machine import load_average, machine_info
 from bench.otlp_sink import TraceSinkProcess
 from bench.report import markdown, write
 from bench.stack import Stack
 from bench.throughput import ThroughputConfig, relay_throughput
 
-PHASES = ("throughput", "latency", "concurrency")
+# "state" alone: the 1-relay throughput runs with the Redis figures, without the minimal loop and
+# the 2-relay runs (the throughput phase measures the Redis figures too).
+PHASES = ("throughput", "state", "latency", "concurrency")
 DEFAULT_LATENCY_RATE_PER_S = 100.0
 
 
@@ -60,6 +62,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--save-as", default="latest", help="results file name (default latest)")
     p.add_argument("--keep-workdir", action="store_true", help="keep logs and data afterwards")
+    p.add_argument(
+        "--note",
+        action="append",
+        default=[],
+        help="a line printed under the table (repeatable), e.g. how busy the machine was",
+    )
     return p.parse_args(argv)
 
 
@@ -98,12 +106,20 @@ async def _main(args: argparse.Namespace, results: dict[str, Any], workdir: Path
         await stack.start_base()
         results["machine"] = machine_info(stack.redis_binary)
         results["machine"]["broker"] = args.broker
+        if "throughput" in phases or "state" in phases:
+            full = "throughput" in phases
+            then = ", then the minimal loop" if full else " (Redis state figures)"
+            _say(f"throughput, 1 relay: {runs} x {tp.requests} requests{then}")
+            tp1 = await relay_throughput(stack, 1, tp, with_minimal=full, with_state=True)
+            results["state"] = tp1.pop("state")
+            results["throughput_1"] = tp1
+            _say(f"  {tp1}")
+            _say(f"  Redis: {results['state']}")
         if "throughput" in phases:
-            _say(f"throughput, 1 relay: {runs} x {tp.requests} requests, then the minimal loop")
-            results["throughput_1"] = await relay_throughput(stack, 1, tp, with_minimal=True)
-            _say(f"  {results['throughput_1']}")
             _say(f"throughput, 2 relays: {runs} x {tp.requests} requests")
-            results["throughput_2"] = await relay_throughput(stack, 2, tp, with_minimal=False)
+            results["throughput_2"] = await relay_throughput(
+                stack, 2, tp, with_minimal=False, with_state=False
+            )
             _say(f"  {results['throughput_2']}")
         if "latency" in phases:
             rate = args.latency_rate
@@ -132,6 +148,7 @@ async def _main(args: argparse.Namespace, results: dict[str, Any], workdir: Path
             results["concurrency"] = await in_flight(stack, conc)
             _say(f"  {results['concurrency']}")
     finally:
+        results["load_average_end"] = load_average()
         _say("stopping every process")
         stack.close()
         if sink is not None:
@@ -147,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         "mode": "quick" if args.quick else "full",
         "started_at": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "errors": [],
+        "notes": list(args.note),
     }
     code = 0
     try:

@@ -2,7 +2,9 @@
 
 ``minimal_loop``: the relay's HTTP work and nothing else (no Kafka, Redis or metrics): submit,
 follow the event stream to the terminal event, deliver one signed webhook. Its throughput is the
-denominator of the overhead ratio.
+denominator of the overhead ratio, its CPU seconds per request that of the CPU ratio. It runs in a
+process of its own (``python -m bench.baselines``, on the standard asyncio loop, as a hand-written
+loop would), which reads its CPU time from ``/proc`` the way the bench reads the relay's.
 
 ``naive_poller``: submit, then ``GET /tasks/{id}`` every second until terminal, then deliver the
 webhook: the peer baseline for added latency.
@@ -10,8 +12,10 @@ webhook: the peer baseline for added latency.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
+import os
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +23,7 @@ from typing import Any
 import aiohttp
 
 from bench.load import PROMPT, parse_ts
+from bench.procstat import sample
 from bench.stack import API_KEY, MODEL, WEBHOOK_SECRET
 from relay.models import TERMINAL_STATUSES, event_id_for
 from relay.webhooks.signing import WebhookSigner
@@ -76,10 +81,17 @@ async def _follow_stream(hand: _Hand, task_id: str) -> dict[str, Any]:
     raise RuntimeError(f"stream of {task_id} ended without a terminal event")
 
 
+@dataclass(frozen=True, slots=True)
+class MinimalRun:
+    rps: float
+    cpu_s: float
+
+
 async def minimal_loop(
     sim_url: str, receiver_url: str, prefix: str, count: int, concurrency: int
-) -> float:
-    """Run ``count`` tasks, ``concurrency`` at a time; returns tasks per second."""
+) -> MinimalRun:
+    """Run ``count`` tasks, ``concurrency`` at a time: tasks per second and this process's CPU
+    seconds (user+system, from ``/proc``) over the same window."""
     hand = _Hand(sim_url, receiver_url)
     slots = asyncio.Semaphore(concurrency)
 
@@ -90,9 +102,11 @@ async def minimal_loop(
             await hand.deliver(key, await _follow_stream(hand, task_id))
 
     try:
+        cpu_before = sample(os.getpid()).cpu_s
         started = time.perf_counter()
         await asyncio.gather(*(one(i) for i in range(count)))
-        return count / (time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        return MinimalRun(count / elapsed, sample(os.getpid()).cpu_s - cpu_before)
     finally:
         await hand.close()
 
@@ -135,3 +149,21 @@ async def naive_poller(
     finally:
         await hand.close()
     return outcomes
+
+
+def main() -> None:
+    """``python -m bench.baselines --sim URL --receiver URL --prefix P --count N``: one minimal
+    loop run; prints ``{"rps": …, "cpu_s": …}`` as the last line."""
+    p = argparse.ArgumentParser(description=main.__doc__)
+    p.add_argument("--sim", required=True)
+    p.add_argument("--receiver", required=True)
+    p.add_argument("--prefix", required=True)
+    p.add_argument("--count", type=int, required=True)
+    p.add_argument("--concurrency", type=int, default=CONNECTIONS)
+    a = p.parse_args()
+    run = asyncio.run(minimal_loop(a.sim, a.receiver, a.prefix, a.count, a.concurrency))
+    print(json.dumps({"rps": run.rps, "cpu_s": run.cpu_s}), flush=True)
+
+
+if __name__ == "__main__":
+    main()

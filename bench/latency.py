@@ -1,5 +1,6 @@
 """Added latency under a steady load: from the simulator's terminal event to the result record
-read from Kafka, and to the webhook's arrival; the same for a naive one-second poller."""
+read from Kafka, and to the webhook's arrival, with the relay's event-loop lag meanwhile; the same
+for a naive one-second poller, and how many times faster the relay is at p99."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from bench.load import (
     receiver_arrivals,
     wait_for_webhooks,
 )
+from bench.relaystats import lag_buckets, quantile
 from bench.stack import Stack
 from bench.throughput import warm_up
 
@@ -45,6 +47,11 @@ def _median_of(runs: list[dict[str, float]]) -> dict[str, float]:
     return {k: round(statistics.median(r[k] for r in runs), 1) for k in runs[0]}
 
 
+def _speedup(naive: dict[str, float], relay: dict[str, float]) -> float | None:
+    """Naive poller's p99 ÷ the relay's p99; ``None`` when the relay's is zero (no samples)."""
+    return round(naive["p99_ms"] / relay["p99_ms"], 2) if relay["p99_ms"] > 0 else None
+
+
 async def added_latency(stack: Stack, cfg: LatencyConfig) -> dict[str, Any]:
     topics = await stack.topics("lat")
     sim = await stack.start_sim("lat", LATENCY_SIM_FLAGS)
@@ -57,15 +64,20 @@ async def added_latency(stack: Stack, cfg: LatencyConfig) -> dict[str, Any]:
         to_kafka: list[dict[str, float]] = []
         to_send: list[dict[str, float]] = []
         to_webhook: list[dict[str, float]] = []
+        lag_p99_ms: list[float] = []
         samples = 0
         try:
             for run in range(cfg.runs):
+                lag_before = await lag_buckets(relays)
                 keys = await produce_steady(
                     stack.bootstrap, topics.requests, f"lat{run}", cfg.rate_per_s, cfg.duration_s
                 )
                 if not await reader.wait_for(keys, cfg.timeout_s):
                     raise RuntimeError(f"latency run {run}: results missing")
                 results = [reader.results[k] for k in keys]
+                lag = quantile(lag_before, await lag_buckets(relays), 0.99)
+                if lag is not None:
+                    lag_p99_ms.append(lag * MS_PER_S)
                 await wait_for_webhooks(receiver, len(reader.results), cfg.timeout_s)
                 arrivals = await receiver_arrivals(receiver)
                 to_kafka.append(_p([r.seen_at - r.completed_at for r in results]))
@@ -101,7 +113,7 @@ async def added_latency(stack: Stack, cfg: LatencyConfig) -> dict[str, Any]:
                     ]
                 )
             )
-        return {
+        out: dict[str, Any] = {
             "rate_per_s": round(cfg.rate_per_s, 1),
             "duration_s": cfg.duration_s,
             "samples": samples,
@@ -111,5 +123,12 @@ async def added_latency(stack: Stack, cfg: LatencyConfig) -> dict[str, Any]:
             "naive_to_result": _median_of(poller_result),
             "naive_to_webhook": _median_of(poller_webhook),
         }
+        # How many times faster than the naive poller the relay is at p99 (issue 15: ≥ 5).
+        out["kafka_speedup_p99"] = _speedup(out["naive_to_result"], out["relay_to_kafka"])
+        out["webhook_speedup_p99"] = _speedup(out["naive_to_webhook"], out["relay_to_webhook"])
+        if lag_p99_ms:
+            out["runs_loop_lag_p99_ms"] = [round(v, 1) for v in lag_p99_ms]
+            out["loop_lag_p99_ms"] = round(statistics.median(lag_p99_ms), 1)
+        return out
     finally:
         stack.stop_phase()

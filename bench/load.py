@@ -18,6 +18,7 @@ PROMPT = "a panda in a bamboo forest, morning light through the leaves"
 PRODUCER_LINGER_MS = 5
 RESULT_FETCH_MAX_WAIT_MS = 20
 STEADY_TICK_S = 0.01
+WEBHOOK_POLL_S = 0.2
 
 
 def request_value(key: str) -> bytes:
@@ -152,14 +153,16 @@ async def receiver_arrivals(receiver_url: str) -> dict[str, float]:
     return arrivals
 
 
-async def wait_for_webhooks(receiver_url: str, count: int, timeout_s: float) -> dict[str, Any]:
+async def wait_for_webhooks(
+    receiver_url: str, count: int, timeout_s: float, poll_s: float = WEBHOOK_POLL_S
+) -> dict[str, Any]:
     """Poll the receiver until ``count`` distinct webhooks arrived (or the timeout passes)."""
     deadline = time.monotonic() + timeout_s
     while True:
         stats = await receiver_stats(receiver_url)
         if stats["count"] >= count or time.monotonic() >= deadline:
             return stats
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(poll_s)
 
 
 def percentile(values: Sequence[float], share: float) -> float:

@@ -55,6 +55,11 @@ def _command_output(*argv: str) -> str | None:
     return done.stdout.strip() or None if done.returncode == 0 else None
 
 
+def load_average() -> str:
+    """The 1, 5 and 15-minute load averages, as ``uptime`` prints them."""
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 def machine_info(redis_binary: str | None = None) -> dict[str, object]:
     versions: dict[str, str] = {}
     for name in PACKAGES:
@@ -70,7 +75,7 @@ def machine_info(redis_binary: str | None = None) -> dict[str, object]:
         "cpu_model": _cpu_model(),
         "os": f"{platform.system()} {platform.release()}",
         "python": platform.python_version(),
-        "load_average": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+        "load_average": load_average(),
         "git_commit": _command_output("git", "rev-parse", "--short", "HEAD") or "-",
         "packages": versions,
     }

@@ -15,9 +15,11 @@ def _pair(block: dict[str, Any] | None) -> str:
     return f"{block['p50_ms']:g} / {block['p99_ms']:g}"
 
 
-def rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
-    out: list[tuple[str, str, str]] = []
-    tp1, tp2 = results.get("throughput_1"), results.get("throughput_2")
+Row = tuple[str, str, str]
+
+
+def _throughput_rows(tp1: dict[str, Any] | None, tp2: dict[str, Any] | None) -> list[Row]:
+    out: list[Row] = []
     if tp1:
         out.append(
             ("Throughput, 1 relay process (requests/s, end to end)", f"{tp1['rps']:g}", "≥ 1000")
@@ -33,58 +35,145 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
         out.append(
             ("Overhead ratio (1 relay ÷ minimal loop)", f"{tp1['overhead_ratio']:.2f}", "≥ 0.7")
         )
-    lat = results.get("latency")
-    if lat:
-        at = f" at {lat['rate_per_s']:g} req/s"
+    if tp1 and "cpu_ms_per_request" in tp1:
+        out.append(("Relay CPU per request, 1 relay (ms)", f"{tp1['cpu_ms_per_request']:.3f}", ""))
+    if tp1 and "minimal_cpu_ms_per_request" in tp1:
         out.append(
             (
-                f"Added latency to Kafka, p50 / p99 (ms){at}",
-                _pair(lat["relay_to_kafka"]),
-                "p99 ≤ 50",
+                "Minimal loop CPU per request (ms)",
+                f"{tp1['minimal_cpu_ms_per_request']:.3f}",
+                "",
             )
         )
-        if "relay_to_send" in lat:
-            out.append(
-                ("of which terminal → relay's produce call (ms)", _pair(lat["relay_to_send"]), "")
-            )
-        out.append(("Added latency to webhook, p50 / p99 (ms)", _pair(lat["relay_to_webhook"]), ""))
         out.append(
-            ("Naive 1 s poller: to result, p50 / p99 (ms)", _pair(lat["naive_to_result"]), "")
+            ("CPU ratio (relay ÷ minimal loop, per request)", f"{tp1['cpu_ratio']:.2f}", "≤ 1.4")
         )
-        out.append(
-            ("Naive 1 s poller: to webhook, p50 / p99 (ms)", _pair(lat["naive_to_webhook"]), "")
-        )
-    conc = results.get("concurrency")
-    if conc:
-        n = conc["tasks"]
+    if tp2 and "cpu_ms_per_request" in tp2:
         out.append(
             (
-                f"In flight at once on MindVideo (of {n:,})",
-                f"{conc['running_on_sim_at_once']:,}",
-                f"{n:,}",
+                "Relay CPU per request, 2 relays (ms, both processes)",
+                f"{tp2['cpu_ms_per_request']:.3f}",
+                "",
             )
         )
-        out.append((f"Relay RSS with {n:,} in flight (MiB)", f"{conc['rss_mib']:g}", "≤ 300 MB"))
+    if tp1 and "loop_lag_p99_ms" in tp1:
         out.append(
-            ("Relay CPU while waiting (share of one core)", f"{conc['cpu_share_idle']:.1%}", "")
+            ("Event-loop lag p99 at full load, 1 relay (ms)", f"{tp1['loop_lag_p99_ms']:g}", "")
         )
-        if "cpu_share_no_tasks" in conc:
-            out.append(
-                (
-                    "Relay CPU with no task at all (share of one core)",
-                    f"{conc['cpu_share_no_tasks']:.1%}",
-                    "",
-                )
-            )
-        out.append(("Relay open file descriptors", str(conc["open_fds"]), ""))
-        out.append(("Event streams open on MindVideo", str(conc["streams_open_on_sim"]), ""))
+    return out
+
+
+def _times(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}×"
+
+
+def _latency_rows(lat: dict[str, Any] | None) -> list[Row]:
+    if not lat:
+        return []
+    at = f" at {lat['rate_per_s']:g} req/s"
+    out: list[Row] = [
+        (f"Added latency to Kafka, p50 / p99 (ms){at}", _pair(lat["relay_to_kafka"]), "p99 ≤ 50")
+    ]
+    if "relay_to_send" in lat:
+        out.append(
+            ("of which terminal → relay's produce call (ms)", _pair(lat["relay_to_send"]), "")
+        )
+    out.append(
+        ("Added latency to webhook, p50 / p99 (ms)", _pair(lat["relay_to_webhook"]), "p99 ≤ 100")
+    )
+    out.append(("Naive 1 s poller: to result, p50 / p99 (ms)", _pair(lat["naive_to_result"]), ""))
+    out.append(("Naive 1 s poller: to webhook, p50 / p99 (ms)", _pair(lat["naive_to_webhook"]), ""))
+    if "kafka_speedup_p99" in lat:
         out.append(
             (
-                "Tasks lost (no result) after cancelling all",
-                f"{conc['lost']:,} (results in {conc['drain_s']:g} s)",
-                "0",
+                "Relay vs naive poller at p99, to Kafka (naive ÷ relay)",
+                _times(lat["kafka_speedup_p99"]),
+                "≥ 5×",
             )
         )
+        out.append(
+            (
+                "Relay vs naive poller at p99, to webhook (naive ÷ relay)",
+                _times(lat["webhook_speedup_p99"]),
+                "≥ 5×",
+            )
+        )
+    if "loop_lag_p99_ms" in lat:
+        out.append((f"Event-loop lag p99{at} (ms)", f"{lat['loop_lag_p99_ms']:g}", ""))
+    return out
+
+
+def _state_rows(state: dict[str, Any] | None) -> list[Row]:
+    if not state:
+        return []
+    out: list[Row] = []
+    if "bytes_retained_per_request" in state:
+        out.append(
+            (
+                "Redis bytes retained per request (INFO used_memory less client buffers)",
+                f"{state['bytes_retained_per_request']:,.0f}",
+                "≤ 300",
+            )
+        )
+    for kind, k in state.get("key_kinds", {}).items():
+        out.append(
+            (
+                f"of which {kind} (MEMORY USAGE, bytes per request)",
+                f"{k['bytes_per_request']:,.0f} ({k['keys_per_request']:g} key/request × "
+                f"{k['bytes_per_key']:,.0f} B)",
+                "",
+            )
+        )
+    if "commands_per_request" in state:
+        # Most first (the JSON file stores them sorted by name).
+        ranked = sorted(state["top_per_request"].items(), key=lambda item: (-item[1], item[0]))
+        top = ", ".join(f"{name} {count:g}" for name, count in ranked[:5])
+        out.append(
+            (
+                "Redis commands per request (INFO commandstats)",
+                f"{state['commands_per_request']:g} ({state['script_calls_per_request']:g} "
+                f"script calls; {top})",
+                "",
+            )
+        )
+    return out
+
+
+def _concurrency_rows(conc: dict[str, Any] | None) -> list[Row]:
+    if not conc:
+        return []
+    n = conc["tasks"]
+    out: list[Row] = [
+        (
+            f"In flight at once on MindVideo (of {n:,})",
+            f"{conc['running_on_sim_at_once']:,}",
+            f"{n:,}",
+        ),
+        (f"Relay RSS with {n:,} in flight (MiB)", f"{conc['rss_mib']:g}", "≤ 300 MB"),
+        ("Relay CPU while waiting (share of one core)", f"{conc['cpu_share_idle']:.1%}", ""),
+    ]
+    if "cpu_share_no_tasks" in conc:
+        out.append(
+            (
+                "Relay CPU with no task at all (share of one core)",
+                f"{conc['cpu_share_no_tasks']:.1%}",
+                "",
+            )
+        )
+    out.append(("Relay open file descriptors", str(conc["open_fds"]), ""))
+    out.append(("Event streams open on MindVideo", str(conc["streams_open_on_sim"]), ""))
+    out.append(
+        (
+            "Tasks lost (no result) after cancelling all",
+            f"{conc['lost']:,} (results in {conc['drain_s']:g} s)",
+            "0",
+        )
+    )
+    return out
+
+
+def _spend_rows(results: dict[str, Any]) -> list[Row]:
+    out: list[Row] = []
     for name in ("throughput_1", "throughput_2"):
         block = results.get(name)
         if block and "spend" in block:
@@ -97,6 +186,16 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
             )
             out.append((label, value, "agree to the cent"))
     return out
+
+
+def rows(results: dict[str, Any]) -> list[Row]:
+    return [
+        *_throughput_rows(results.get("throughput_1"), results.get("throughput_2")),
+        *_latency_rows(results.get("latency")),
+        *_state_rows(results.get("state")),
+        *_concurrency_rows(results.get("concurrency")),
+        *_spend_rows(results),
+    ]
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -113,7 +212,8 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         f"Machine: {m['cores']} cores, {m['ram_gib']:g} GiB RAM, {m['cpu_model']}, {m['os']}, "
         f"Python {m['python']}; broker {m.get('broker', 'noida')}; "
-        f"load average at start {m.get('load_average', '-')}.",
+        f"load average (1, 5, 15 min) at start {m.get('load_average', '-')}, "
+        f"at the end {results.get('load_average_end', '-')}.",
         "Packages: " + ", ".join(f"{k} {v}" for k, v in m["packages"].items()) + ".",
     ]
     tracing = results.get("tracing")
@@ -125,6 +225,10 @@ def markdown(results: dict[str, Any]) -> str:
     for name in ("throughput_1", "throughput_2"):
         for note in (results.get(name) or {}).get("incomplete", []):
             lines.append(f"\nIncomplete {name} {note}: counted as webhooks ÷ timeout.")
+    for note in (results.get("state") or {}).get("not_quiet", []):
+        lines.append(f"\nRedis figures taken with the relay {note}.")
+    if results.get("notes"):
+        lines += ["", "Notes:", *(f"- {n}" for n in results["notes"])]
     if results.get("errors"):
         lines += ["", "Errors:", *(f"- {e}" for e in results["errors"])]
     return "\n".join(lines) + "\n"

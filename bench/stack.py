@@ -9,7 +9,9 @@ even on Ctrl-C.
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import json
 import os
 import sys
 import time
@@ -17,6 +19,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
@@ -29,6 +32,7 @@ WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"bench-secret-0123456789abcdef").d
 MODEL = "apimart-doubao-seedance-4-0"
 PARTITIONS = 8
 READY_TIMEOUT_S = 30.0
+CHILD_POLL_S = 0.1
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -143,6 +147,24 @@ class Stack:
         for relay in relays:
             await wait_for_port(LOCALHOST, relay.port, READY_TIMEOUT_S, relay.proc)
         return relays
+
+    async def run_to_end(self, name: str, argv: list[str], timeout_s: float) -> dict[str, Any]:
+        """Run ``python argv…`` (with the repository importable) until it exits; returns the
+        JSON object it printed last. A failure or a timeout raises with its log's tail."""
+        env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+        proc = self._spawn(name, [sys.executable, *argv], env)
+        for _ in range(int(timeout_s / CHILD_POLL_S)):
+            if proc.returncode is not None:
+                break
+            await asyncio.sleep(CHILD_POLL_S)
+        self.stop([proc])
+        if proc.returncode != 0:
+            raise RuntimeError(f"{name} failed ({proc.returncode}):\n{proc.log_tail()}")
+        lines = proc.log_path.read_text().strip().splitlines()
+        out = json.loads(lines[-1]) if lines else None
+        if not isinstance(out, dict):
+            raise RuntimeError(f"{name} printed no JSON object:\n{proc.log_tail()}")
+        return out
 
     def stop(self, procs: Sequence[ManagedProcess | Relay]) -> None:
         for item in reversed(procs):

@@ -35,6 +35,9 @@ WEBHOOK_LATENCY_BUCKETS_S = (
     *(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
     *(300, 1800, 7200, 21600, 43200, 86400, 172800),
 )
+# Event-loop lag (relay/loopmonitor.py): from the timer resolution (1 ms) to a loop stuck for
+# seconds.
+EVENT_LOOP_LAG_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 METRICS_CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 OTHER_LABEL = "other"
@@ -230,6 +233,13 @@ class RelayMetrics:
         )
         self.partitions_paused = Gauge(
             "relay_partitions_paused", "Partitions paused because their work is full.", registry=r
+        )
+        self.event_loop_lag = Histogram(
+            "relay_event_loop_lag_seconds",
+            "How late a periodic timer woke on the event loop: the delay the loop adds to "
+            "everything waiting on it.",
+            buckets=EVENT_LOOP_LAG_BUCKETS_S,
+            registry=r,
         )
         self.redis_eviction_allowed = Gauge(
             "relay_redis_eviction_allowed",

@@ -15,6 +15,7 @@ from relay.backoff import Backoff
 from relay.exceptions import ConfigurationError, OperatorError, RetryableError
 from relay.http import build_http_app
 from relay.kafka import kafka_client_options, start_kafka_client
+from relay.loopmonitor import LoopLagMonitor
 from relay.metrics import RelayMetrics
 from relay.pipeline.consumer import RequestConsumer
 from relay.pipeline.follower import TaskFollower
@@ -76,6 +77,7 @@ class Relay:
         self._tasks: list[asyncio.Task[None]] = []
         self._client: MindVideoClient | None = None
         self._webhooks: WebhookDispatcher | None = None
+        self._loop_lag = LoopLagMonitor(self.metrics.event_loop_lag)
 
     async def start(self) -> None:
         """Start what ``RELAY_ROLE`` asks for: the request pipeline, the webhook dispatcher, or
@@ -95,6 +97,7 @@ class Relay:
         if "webhooks_enabled" in s.model_fields_set:
             log.warning("RELAY_WEBHOOKS_ENABLED is deprecated; RELAY_ROLE replaces it")
         kafka = kafka_client_options(s)
+        self._loop_lag.start()
         if s.kafka_create_topics:
             await create_topics(
                 kafka,
@@ -268,6 +271,7 @@ class Relay:
             await self._stream_session.close()
         if self._redis is not None:
             await self._redis.aclose()
+        await self._loop_lag.stop()
         await self.tracing.shutdown()  # last: spans of the drained work are exported too
         log.info("stopped")
 

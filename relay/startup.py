@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -74,7 +75,19 @@ def _redis_failure(exc: RedisError, settings: RelaySettings) -> StartupError:
             "Redis", address, f"the credentials in {REDIS_SETTING}", "authentication refused"
         )
     if isinstance(exc, RedisConnectionError | RedisTimeoutError):
-        reason = _socket_reason(exc.__context__) or reason
+        cause = exc.__context__
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return DependencyUnavailable(
+                "Redis",
+                address,
+                "RELAY_REDIS_SSL_CAFILE (the CA that signed the server's certificate)",
+                f"certificate verify failed: {cause.verify_message}",
+            )
+        if isinstance(cause, ssl.SSLError):
+            return DependencyUnavailable(
+                "Redis", address, REDIS_SETTING, f"TLS handshake failed: {cause.reason or cause}"
+            )
+        reason = _socket_reason(cause) or reason
     return DependencyUnavailable("Redis", address, REDIS_SETTING, reason)
 
 

@@ -146,14 +146,17 @@ async def test_the_rate_limiter_spaces_sends_across_clients(
     one = RateLimiter(redis_client, prefix=unique, limits=limits)
     two = RateLimiter(redis_client, prefix=unique, limits=limits)
     assert (await one.reserve("https://free.example", 1.0)).wait_s == 0, "unlisted: unlimited"
+    started = time.monotonic()
     reservations = await asyncio.gather(
         *[(one if i % 2 else two).reserve("https://slow.example", 1.0) for i in range(30)]
     )
-    granted = sorted(r.send_at for r in reservations if r.granted)
-    assert len(granted) == 20, "a second ahead at 20/s (less 2 %): the one now and 19 more"
+    elapsed_s = time.monotonic() - started  # Redis's clock moves on while a loaded box calls
     spacing = 1 / (20 * 0.98)
+    granted = sorted(r.send_at for r in reservations if r.granted)
+    # A second ahead at 20/s (less 2 %): the one now and 19 more, plus what the time taken freed.
+    assert 20 <= len(granted) <= 20 + int(elapsed_s / spacing) + 1, (len(granted), elapsed_s)
     assert all(b - a >= spacing - 1e-5 for a, b in itertools.pairwise(granted)), granted
-    assert granted[-1] - granted[0] < 1.0
+    assert all(r.wait_s <= 1.0 for r in reservations if r.granted), "never more than 1 s ahead"
     refused = [r for r in reservations if not r.granted]
-    assert refused
-    assert all(r.wait_s > 1.0 for r in refused)
+    assert len(refused) == 30 - len(granted)
+    assert all(r.wait_s > 1.0 for r in refused), "refused only when the slot is over 1 s away"

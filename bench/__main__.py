@@ -21,6 +21,7 @@ from typing import Any
 from bench.concurrency import ConcurrencyConfig, in_flight
 from bench.latency import LatencyConfig, added_latency
 from bench.machine import load_average, machine_info
+from bench.otlp_sink import TraceSinkProcess
 from bench.report import markdown, write
 from bench.stack import Stack
 from bench.throughput import ThroughputConfig, relay_throughput
@@ -52,6 +53,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         default="noida",
         help="embedded broker (default noida, which supports the idempotent producer; its empty "
         "fetches return at once, so idle consumers spin: use tansu for the idle-CPU figures)",
+    )
+    p.add_argument(
+        "--tracing",
+        action="store_true",
+        help="relays trace every request (OTLP/HTTP to a local sink, the SDK's defaults); "
+        "compare with a run without",
     )
     p.add_argument("--save-as", default="latest", help="results file name (default latest)")
     p.add_argument("--keep-workdir", action="store_true", help="keep logs and data afterwards")
@@ -88,8 +95,13 @@ async def _main(args: argparse.Namespace, results: dict[str, Any], workdir: Path
         if not name.startswith("RELAY_"):
             raise SystemExit(f"--relay-env takes RELAY_NAME=VALUE, not {item!r}")
         stack.relay_env[name] = value
-    results["relay_env"] = dict(stack.relay_env)
+    sink: TraceSinkProcess | None = None
     try:
+        if args.tracing:
+            sink = await TraceSinkProcess.start(workdir)
+            stack.relay_env.update(sink.relay_env())
+            results["tracing"] = {"exporter": "otlp/http to a local sink"}
+        results["relay_env"] = dict(stack.relay_env)
         _say(f"starting the broker and Redis in {workdir}")
         await stack.start_base()
         results["machine"] = machine_info(stack.redis_binary)
@@ -139,6 +151,9 @@ async def _main(args: argparse.Namespace, results: dict[str, Any], workdir: Path
         results["load_average_end"] = load_average()
         _say("stopping every process")
         stack.close()
+        if sink is not None:
+            results["tracing"].update(await sink.stats())
+            sink.stop()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -216,6 +216,12 @@ def markdown(results: dict[str, Any]) -> str:
         f"at the end {results.get('load_average_end', '-')}.",
         "Packages: " + ", ".join(f"{k} {v}" for k, v in m["packages"].items()) + ".",
     ]
+    tracing = results.get("tracing")
+    if tracing:
+        lines.append(
+            f"\nTracing on (`--tracing`): every request traced, exported over OTLP/HTTP to a local "
+            f"sink: {tracing.get('exports', 0)} exports, {tracing.get('bytes', 0) / 1e6:.1f} MB."
+        )
     for name in ("throughput_1", "throughput_2"):
         for note in (results.get(name) or {}).get("incomplete", []):
             lines.append(f"\nIncomplete {name} {note}: counted as webhooks ÷ timeout.")

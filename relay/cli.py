@@ -16,23 +16,26 @@ import logging
 import signal
 import sys
 from collections.abc import Callable
+from typing import TypeVar
 
 from aiokafka.errors import KafkaError
 from redis.exceptions import RedisError
 
 from relay import __version__, eventloop
-from relay.configuration import load_service_settings, load_settings
+from relay.configuration import load_service_settings, load_settings, load_tracing_config
 from relay.exceptions import ConfigurationError, StartupError
 from relay.logs import setup_logging
 from relay.redis import redis_client
 from relay.service import Relay
 from relay.settings import RelaySettings
 from relay.startup import describe_start_failure, quiet_kafka_client, redis_address
+from relay.tracing.config import TracingConfig
 
 log = logging.getLogger("relay")
+T = TypeVar("T")
 
 
-async def _serve(settings: RelaySettings) -> int:
+async def _serve(settings: RelaySettings, tracing: TracingConfig) -> int:
     """Run until SIGTERM/SIGINT (exit 0) or a fatal error, a signal during start-up included: a
     pod being deleted while Kafka is unreachable must not wait for start to end.
 
@@ -40,7 +43,7 @@ async def _serve(settings: RelaySettings) -> int:
     change, logged last (after the clean-up), with exit code 2 for configuration and 1 for an
     unreachable dependency.
     """
-    relay = Relay(settings)
+    relay = Relay(settings, tracing=tracing)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -72,7 +75,7 @@ async def _serve(settings: RelaySettings) -> int:
     return 1 if failed else 0
 
 
-def _load(command: str, loader: Callable[[], RelaySettings] = load_settings) -> RelaySettings:
+def _load(command: str, loader: Callable[[], T]) -> T:
     """Settings for ``command``, or ``SystemExit(2)`` after one line on stderr naming every
     variable to fix (logging is not set up yet: its format is one of the settings)."""
     try:
@@ -83,23 +86,25 @@ def _load(command: str, loader: Callable[[], RelaySettings] = load_settings) -> 
 
 
 def _cmd_run(_: argparse.Namespace) -> int:
-    settings = _load("relay run", load_service_settings)
+    settings = _load("relay run", load_service_settings)  # the OTEL_* variables checked too
+    tracing = load_tracing_config()
     setup_logging(settings.log_level, settings.log_format)
-    return eventloop.run(_serve(settings))
+    return eventloop.run(_serve(settings, tracing))
 
 
 def _cmd_dev(args: argparse.Namespace) -> int:
     from relay.devtools import dev
 
-    settings = _load("relay dev")
+    settings = _load("relay dev", load_settings)
+    tracing = _load("relay dev", load_tracing_config)
     setup_logging(settings.log_level, settings.log_format)
-    return dev.run(args, settings)
+    return dev.run(args, settings, tracing)
 
 
 def _cmd_submit(args: argparse.Namespace) -> int:
     from relay.devtools import submit
 
-    return submit.run(args, _load("relay submit"))
+    return submit.run(args, _load("relay submit", load_settings))
 
 
 def _cmd_sim(args: argparse.Namespace) -> int:
@@ -113,7 +118,7 @@ def _cmd_webhooks_replay(args: argparse.Namespace) -> int:
     if not (args.all or args.endpoint or args.key):
         print("relay webhooks replay: give --endpoint, --key or --all", file=sys.stderr)
         return 2
-    settings = _load("relay webhooks replay")
+    settings = _load("relay webhooks replay", load_settings)
     setup_logging(settings.log_level, settings.log_format)
     quiet_kafka_client()
     from relay.webhooks.replay import ReplayCounts, replay_dead_letters
@@ -142,7 +147,7 @@ def _cmd_webhooks_replay(args: argparse.Namespace) -> int:
 
 
 def _cmd_webhooks_status(args: argparse.Namespace) -> int:
-    settings = _load("relay webhooks status")
+    settings = _load("relay webhooks status", load_settings)
     setup_logging(settings.log_level, settings.log_format)
     quiet_kafka_client()
     from relay.webhooks.lookup import format_text, lookup_cli

@@ -10,6 +10,9 @@ a silently ignored typo runs the relay against the wrong broker. The known set i
 ``RelaySettings``' fields, so a new field is known the moment it exists. Exempt are the prefixes
 other programs own: ``RELAY_SIM_*`` (the simulator, ``relay sim``) and ``RELAY_TEST_*`` (the test
 suite's service overrides).
+
+The commands that trace (``relay run``, ``relay dev``) also check the standard ``OTEL_*``
+variables the relay reads (``relay.tracing.config``), and report their problems in the same line.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from pydantic import SecretStr, ValidationError
 from relay.exceptions import ConfigurationError
 from relay.logs import redact_url
 from relay.settings import RelaySettings
+from relay.tracing.config import TracingConfig, read_tracing_config
 
 ENV_PREFIX = "RELAY_"
 EXEMPT_PREFIXES = ("RELAY_SIM_", "RELAY_TEST_")
@@ -87,12 +91,27 @@ def load_settings(environ: Mapping[str, str] | None = None) -> RelaySettings:
 
 def load_service_settings(environ: Mapping[str, str] | None = None) -> RelaySettings:
     """``load_settings()`` plus what ``relay run`` needs to do its job (a MindVideo key, a
-    signing secret or the explicit choice to deliver unsigned)."""
-    settings = load_settings(environ)
-    problems = settings.service_problems()
+    signing secret or the explicit choice to deliver unsigned), and ``OTEL_*`` variables it
+    can honour: every problem of all three in one error."""
+    env = os.environ if environ is None else environ
+    _, tracing_problems = read_tracing_config(env)
+    try:
+        settings = load_settings(env)
+    except ConfigurationError as exc:
+        raise ConfigurationError([*exc.problems, *tracing_problems]) from None
+    problems = [*settings.service_problems(), *tracing_problems]
     if problems:
         raise ConfigurationError(problems)
     return settings
+
+
+def load_tracing_config(environ: Mapping[str, str] | None = None) -> TracingConfig:
+    """Tracing from the ``OTEL_*`` variables, or ``ConfigurationError`` naming each one the
+    relay cannot honour."""
+    config, problems = read_tracing_config(os.environ if environ is None else environ)
+    if problems:
+        raise ConfigurationError(problems)
+    return config
 
 
 def _describe(error: Mapping[str, Any], environ: Mapping[str, str]) -> str:

@@ -276,6 +276,8 @@ class WebhookDelivery(BaseModel):
 
     ``body`` is the result record exactly as published; headers are built fresh at each attempt.
     ``attempts`` counts attempts made (deferrals by the circuit breaker are not attempts).
+    ``traceparent``/``tracestate``: the result record's trace context, kept so that an attempt
+    hours later, in another process, still joins the request's trace.
     """
 
     endpoint: str
@@ -288,6 +290,8 @@ class WebhookDelivery(BaseModel):
     last_status: int | None = None
     last_error: str | None = None
     replayed: bool = False
+    traceparent: str | None = None
+    tracestate: str | None = None
 
     @property
     def delivery_id(self) -> str:
@@ -319,11 +323,14 @@ class WebhookDelivery(BaseModel):
             last_status=int(text["last_status"]) if text.get("last_status") else None,
             last_error=text.get("last_error") or None,
             replayed=text.get("replayed") == "1",
+            traceparent=text.get("traceparent") or None,
+            tracestate=text.get("tracestate") or None,
         )
 
 
 class WebhookDeadLetter(BaseModel):
-    """The headers of a record on the webhook dead-letter topic; its value is the result body."""
+    """The headers of a record on the webhook dead-letter topic; its value is the result body.
+    The delivery's ``traceparent``/``tracestate`` go along, so a replay joins the same trace."""
 
     endpoint: str
     event_id: str
@@ -334,6 +341,8 @@ class WebhookDeadLetter(BaseModel):
     last_status: int | None = None
     last_error: str | None = None
     published_ms: int
+    traceparent: str | None = None
+    tracestate: str | None = None
 
     def headers(self) -> list[tuple[str, bytes]]:
         pairs = [
@@ -347,6 +356,10 @@ class WebhookDeadLetter(BaseModel):
             ("webhook-last-error", (self.last_error or "")[:1000]),
             ("webhook-published-ms", str(self.published_ms)),
         ]
+        if self.traceparent:
+            pairs.append(("traceparent", self.traceparent))
+        if self.traceparent and self.tracestate:
+            pairs.append(("tracestate", self.tracestate))
         return [(name, value.encode("utf-8", "replace")) for name, value in pairs]
 
     @classmethod
@@ -365,6 +378,8 @@ class WebhookDeadLetter(BaseModel):
                 else None,
                 "last_error": h.get("webhook-last-error") or None,
                 "published_ms": int(h.get("webhook-published-ms") or 0),
+                "traceparent": h.get("traceparent") or None,
+                "tracestate": h.get("tracestate") or None,
             }
         )
 

@@ -33,6 +33,8 @@ from relay.settings import RelaySettings
 from relay.startup import check_eviction_policy
 from relay.status import RecentResults
 from relay.topics import create_topics
+from relay.tracing.config import TRACING_OFF, TracingConfig
+from relay.tracing.spans import NO_TRACING, Tracing, start_tracing
 from relay.webhooks.dispatcher import WebhookDispatcher
 
 log = logging.getLogger(__name__)
@@ -48,8 +50,17 @@ DEPENDENCY_CHECK_INTERVAL_S = 5.0
 class Relay:
     """One relay process: consume → dedupe → submit → follow → publish, plus its HTTP endpoints."""
 
-    def __init__(self, settings: RelaySettings, metrics: RelayMetrics | None = None) -> None:
+    def __init__(
+        self,
+        settings: RelaySettings,
+        metrics: RelayMetrics | None = None,
+        *,
+        tracing: TracingConfig = TRACING_OFF,
+    ) -> None:
+        """``tracing``: from the ``OTEL_*`` variables (``relay.tracing.config``); off by default."""
         self.settings = settings
+        self._tracing_config = tracing
+        self.tracing: Tracing = NO_TRACING
         self.metrics = metrics or RelayMetrics(model_labels=settings.metrics_models)
         # The status page's last results, beside the counters they match.
         self.recent = RecentResults()
@@ -77,6 +88,12 @@ class Relay:
             "starting mindvideo-relay", extra={"version": __version__, "settings": s.compact()}
         )
         log.debug("all settings", extra={"settings": s.redacted()})
+        # First: the HTTP client instrumentation applies to sessions created after it.
+        self.tracing = start_tracing(
+            self._tracing_config,
+            service_version=__version__,
+            mindvideo_base_url=s.mindvideo_base_url,
+        )
         if "webhooks_enabled" in s.model_fields_set:
             log.warning("RELAY_WEBHOOKS_ENABLED is deprecated; RELAY_ROLE replaces it")
         kafka = kafka_client_options(s)
@@ -105,7 +122,9 @@ class Relay:
         self._producer = producer
         if s.role != "requests":
             # First, and without waiting for a group join: pending retries resume at once.
-            self._webhooks = WebhookDispatcher(s, self._redis, producer, self.metrics)
+            self._webhooks = WebhookDispatcher(
+                s, self._redis, producer, self.metrics, tracing=self.tracing
+            )
             await self._webhooks.start()
         if s.role == "webhooks":
             # No request consumer and no MindVideo client: this process only delivers webhooks.
@@ -161,6 +180,7 @@ class Relay:
             max_metadata_bytes=s.max_metadata_bytes,
             max_json_depth=s.max_json_depth,
             task_timeout_s=s.task_timeout_s,
+            tracing=self.tracing,
         )
         processor = RequestProcessor(
             steps,
@@ -174,6 +194,7 @@ class Relay:
                 outages_unbounded=True,
                 sleep=self.handover.sleep,
             ),
+            tracing=self.tracing,
         )
         self._kafka_consumer = AIOKafkaConsumer(
             **kafka,
@@ -251,6 +272,7 @@ class Relay:
         if self._redis is not None:
             await self._redis.aclose()
         await self._loop_lag.stop()
+        await self.tracing.shutdown()  # last: spans of the drained work are exported too
         log.info("stopped")
 
     async def readiness(self) -> dict[str, str | None]:

@@ -47,6 +47,7 @@ from relay.sim.cli import serve as serve_sim
 from relay.sim.config import SimConfig
 from relay.startup import describe_start_failure
 from relay.topics import create_topics
+from relay.tracing.config import TRACING_OFF, TracingConfig
 
 DEFAULT_WEBHOOK_PORT = 8091
 DEV_PARTITIONS = 4
@@ -118,7 +119,7 @@ def check_port_free(name: str, port: int, flag: str) -> None:
             ) from exc
 
 
-async def _run(args: argparse.Namespace, base: RelaySettings) -> int:
+async def _run(args: argparse.Namespace, base: RelaySettings, tracing: TracingConfig) -> int:
     ports = resolve_ports(args, base)
     for name, port, flag in (
         ("Kafka", ports.kafka, "--kafka-port"),
@@ -166,7 +167,7 @@ async def _run(args: argparse.Namespace, base: RelaySettings) -> int:
         receiver = web.AppRunner(build_receiver(secrets), access_log=None)
         await receiver.setup()
         await web.TCPSite(receiver, LOCALHOST, ports.webhook).start()
-        relay = Relay(settings)
+        relay = Relay(settings, tracing=tracing)
         try:
             await relay.start()
         except (KafkaError, RedisError) as exc:
@@ -230,11 +231,13 @@ For other commands (relay submit, relay webhooks replay, your own receiver), in 
     )
 
 
-def run(args: argparse.Namespace, settings: RelaySettings) -> int:
+def run(
+    args: argparse.Namespace, settings: RelaySettings, tracing: TracingConfig = TRACING_OFF
+) -> int:
     """``relay dev``; a failure to start is one line naming what to change (exit 2) or what
     could not be started or reached (exit 1)."""
     try:
-        return eventloop.run(_run(args, settings))
+        return eventloop.run(_run(args, settings, tracing))
     except StartupError as exc:
         print(f"relay dev: {exc}", file=sys.stderr)
         return exc.exit_code

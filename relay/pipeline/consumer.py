@@ -23,6 +23,7 @@ from relay.pipeline.gate import CredentialGate
 from relay.pipeline.handover import Handover
 from relay.pipeline.offsets import PartitionWork
 from relay.retry import RetryPolicy
+from relay.tracing.context import TraceContext
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,8 @@ FREEZE_TIMEOUT_S = 10.0
 @dataclass(slots=True)
 class SourceRecord:
     """Where a request record came from (dead-letter headers), and its bytes until decoded:
-    ``take_value`` hands them over once, so a long task keeps no copy of its record alive."""
+    ``take_value`` hands them over once, so a long task keeps no copy of its record alive.
+    ``trace``: its W3C ``traceparent``/``tracestate`` headers, when valid (DESIGN §2)."""
 
     topic: str
     partition: int
@@ -43,6 +45,7 @@ class SourceRecord:
     key: bytes | None
     value: bytes | None
     timestamp_ms: int
+    trace: TraceContext | None = None
 
     def take_value(self) -> bytes | None:
         value, self.value = self.value, None
@@ -219,6 +222,7 @@ class RequestConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
             key=record.key,  # type: ignore[attr-defined]
             value=record.value,  # type: ignore[attr-defined]
             timestamp_ms=record.timestamp or 0,  # type: ignore[attr-defined]
+            trace=TraceContext.from_headers(record.headers),  # type: ignore[attr-defined]
         )
         self._metrics.records_consumed.inc()
         task = asyncio.create_task(

@@ -8,6 +8,10 @@ waited out (a request held by one is never rejected: a submit that timed out may
 charged), credential problems close the gate, and anything unexpected is tried again a bounded
 number of times and then dead-lettered as ``internal_error``. Only a handover (cancellation) ends
 it early, leaving the record to the next owner.
+
+Traced (``relay.tracing``), a record is one ``consume`` span, a child of the producer's
+``traceparent``, and each try of a traced step is a span inside it: a retried step shows as
+several, the failed ones marked with their error's class.
 """
 
 from __future__ import annotations
@@ -24,10 +28,13 @@ from relay.pipeline.handover import Handover
 from relay.pipeline.lifecycle import NEEDS_MINDVIDEO, Action, Outcome, Stage, Work, outcome_for
 from relay.pipeline.steps import RequestSteps
 from relay.retry import RetryPolicy, is_outage
+from relay.tracing.spans import NO_TRACING, Span, Tracing
 
 log = logging.getLogger(__name__)
 
 GATE_CHECK_INTERVAL_S = 1.0
+# Steps that get a span of their own (decode is the start of ``consume``; mark a bookkeeping write).
+TRACED_STAGES = frozenset({Stage.REFUSE, Stage.CLAIM, Stage.SUBMIT, Stage.FOLLOW, Stage.PUBLISH})
 
 
 class RequestProcessor:
@@ -40,20 +47,28 @@ class RequestProcessor:
         gate: CredentialGate,
         handover: Handover,
         retry: RetryPolicy,
+        tracing: Tracing = NO_TRACING,
     ) -> None:
         """``retry``: outages without a bound, anything unexpected up to its ``max_attempts``."""
         self._steps = steps
         self._gate = gate
         self._handover = handover
         self._retry = retry
+        self._tracing = tracing
         self._key_locks: dict[str, tuple[asyncio.Lock, int]] = {}
 
     async def process(self, source: SourceRecord) -> None:
         work = Work(source, raw=source.take_value())
-        stage = await self._advance(Stage.DECODE, work)
-        async with self._key_lock(work.key):
-            while stage is not Stage.DONE:
-                stage = await self._advance(stage, work)
+        with self._tracing.consume(
+            source.trace, source.topic, source.partition, source.offset
+        ) as span:
+            stage = await self._advance(Stage.DECODE, work)
+            if span.recording:
+                span.set("relay.idempotency_key", work.key)
+                span.set("relay.model", work.request.model if work.request else None)
+            async with self._key_lock(work.key):
+                while stage is not Stage.DONE:
+                    stage = await self._advance(stage, work)
 
     async def _advance(self, stage: Stage, work: Work) -> Stage:
         """Run ``stage``'s step until it gives the next stage or the table moves elsewhere."""
@@ -61,7 +76,7 @@ class RequestProcessor:
             if stage in NEEDS_MINDVIDEO:
                 await self._wait_at_gate()
             try:
-                next_stage = await self._steps.run(stage, work)
+                next_stage = await self._run_step(stage, work)
             except Exception as exc:  # noqa: BLE001 (every error is the table's to decide)
                 moved = await self._carry_out(stage, outcome_for(stage, exc), work, exc)
                 if moved is not None:
@@ -70,6 +85,17 @@ class RequestProcessor:
             else:
                 work.outages = 0
                 return next_stage
+
+    async def _run_step(self, stage: Stage, work: Work) -> Stage:
+        """One try of ``stage``'s step, inside its span when the stage is traced."""
+        if stage not in TRACED_STAGES:
+            return await self._steps.run(stage, work)
+        with self._tracing.step(stage.value) as span:
+            try:
+                return await self._steps.run(stage, work)
+            finally:
+                if span.recording:
+                    _describe(span, work)
 
     async def _carry_out(
         self, stage: Stage, outcome: Outcome, work: Work, exc: Exception
@@ -165,3 +191,14 @@ class RequestProcessor:
                 del self._key_locks[key]
             else:
                 self._key_locks[key] = (lock, users - 1)
+
+
+def _describe(span: Span, work: Work) -> None:
+    """A step span's attributes: who the request is, and where it stands (no input, no
+    metadata: those may carry what producers would not put in a trace)."""
+    span.set("relay.idempotency_key", work.key)
+    if work.known is not None:
+        span.set("relay.task_id", work.known.task_id)
+    if work.result is not None:
+        span.set("relay.result.type", work.result.type)
+        span.set("relay.result.status", work.result.status)

@@ -10,6 +10,7 @@ from aiokafka import AIOKafkaProducer
 from relay.metrics import RelayMetrics
 from relay.models import ResultRecord
 from relay.pipeline.consumer import SourceRecord
+from relay.tracing.context import TraceContext
 
 PRODUCER_LINGER_MS = 2
 WEBHOOK_URL_HEADER = "webhook-url"
@@ -33,11 +34,17 @@ class ResultPublisher:
         self._dead_letter_topic = dead_letter_topic
 
     async def publish(
-        self, result: ResultRecord, *, webhook_url: str | None = None, body: bytes | None = None
+        self,
+        result: ResultRecord,
+        *,
+        webhook_url: str | None = None,
+        body: bytes | None = None,
+        trace: TraceContext | None = None,
     ) -> None:
         """Publish the result; the request's ``webhook_url`` rides along in a header for the
-        webhook dispatcher (the record's JSON keeps to DESIGN §3). ``body`` is the result
-        already encoded, when the caller has it."""
+        webhook dispatcher (the record's JSON keeps to DESIGN §3), and so does ``trace`` as
+        ``traceparent``/``tracestate`` (DESIGN §8). ``body`` is the result already encoded,
+        when the caller has it."""
         headers = [
             ("content-type", b"application/json"),
             ("event-id", result.event_id.encode()),
@@ -45,6 +52,8 @@ class ResultPublisher:
         ]
         if webhook_url:
             headers.append((WEBHOOK_URL_HEADER, webhook_url.encode()))
+        if trace is not None:
+            headers.extend(trace.kafka_headers())
         await self._producer.send_and_wait(
             self._result_topic,
             value=body if body is not None else result.to_json_bytes(),

@@ -31,6 +31,7 @@ from relay.pipeline.mindvideo import MindVideoClient
 from relay.pipeline.outcomes import OutcomeRecorder
 from relay.pipeline.publisher import ResultPublisher
 from relay.pipeline.results import failed_result, terminal_result
+from relay.tracing.spans import NO_TRACING, Tracing
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -55,8 +56,10 @@ class RequestSteps:
         task_timeout_s: float,
         max_json_depth: int = DEFAULT_MAX_JSON_DEPTH,
         wall_clock: Callable[[], float] = time.time,
+        tracing: Tracing = NO_TRACING,
     ) -> None:
         self._store = store
+        self._tracing = tracing
         self._client = client
         self._follower = follower
         self._publisher = publisher
@@ -214,7 +217,12 @@ class RequestSteps:
     async def publish(self, work: Work) -> Stage:
         if work.result is None:
             work.result = self._decided_result(work)
-        await self._publisher.publish(work.result, webhook_url=work.webhook_url, body=work.body)
+        await self._publisher.publish(
+            work.result,
+            webhook_url=work.webhook_url,
+            body=work.body,
+            trace=self._tracing.outbound(work.source.trace),
+        )
         self._outcomes.published(work.result, work.source.timestamp_ms)
         return Stage.MARK
 

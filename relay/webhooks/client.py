@@ -18,6 +18,7 @@ from aiohttp.resolver import DefaultResolver
 
 from relay.backoff import parse_retry_after
 from relay.exceptions import WebhookRefused
+from relay.tracing.context import TraceContext
 from relay.webhooks.breaker import AttemptHealth
 from relay.webhooks.signing import WebhookSigner
 from relay.webhooks.ssrf import GuardedResolver, SsrfGuard, SsrfPolicy
@@ -118,12 +119,17 @@ class WebhookClient:
         if self._session is not None:
             await self._session.close()
 
-    async def post(self, endpoint: str, msg_id: str, body: bytes) -> AttemptResult:
-        """One attempt; never raises for what the endpoint or the network did."""
+    async def post(
+        self, endpoint: str, msg_id: str, body: bytes, trace: TraceContext | None = None
+    ) -> AttemptResult:
+        """One attempt; never raises for what the endpoint or the network did. ``trace`` goes
+        out as ``traceparent``/``tracestate`` (DESIGN §8)."""
         assert self._session is not None, "start() first"
         try:
             await self._guard.check(endpoint)
             headers = self._signer.headers(msg_id, body)
+            if trace is not None:
+                trace.add_to(headers)
             async with self._session.post(
                 endpoint, data=body, headers=headers, allow_redirects=False
             ) as resp:

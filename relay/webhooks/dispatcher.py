@@ -19,6 +19,7 @@ from relay.origins import OriginLabels
 from relay.redis import RedisClient
 from relay.settings import RelaySettings
 from relay.topics import create_topics
+from relay.tracing.spans import NO_TRACING, Tracing
 from relay.webhooks.admission import EndpointAdmission
 from relay.webhooks.breaker import BreakerConfig, BreakerState, EndpointGuards
 from relay.webhooks.client import WebhookClient
@@ -64,6 +65,7 @@ class WebhookDispatcher:
         *,
         resolver: AbstractResolver | None = None,
         clock: Callable[[], float] = time.time,
+        tracing: Tracing = NO_TRACING,
     ) -> None:
         s = settings
         self._settings = s
@@ -119,6 +121,7 @@ class WebhookDispatcher:
             lease_s=s.webhook_lease_s,
             poll_interval_s=s.webhook_poll_interval_s,
             clock=clock,
+            tracing=tracing,
         )
         self._consumer = AIOKafkaConsumer(
             **kafka_client_options(s),

@@ -126,6 +126,8 @@ class DeliveryFinisher:
             last_status=d.last_status,
             last_error=d.last_error,
             published_ms=d.published_ms,
+            traceparent=d.traceparent,
+            tracestate=d.tracestate,
         )
         try:
             await self._producer.send_and_wait(

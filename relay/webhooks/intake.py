@@ -24,6 +24,7 @@ from relay.backoff import Backoff
 from relay.metrics import RelayMetrics
 from relay.models import WebhookDelivery
 from relay.pipeline.publisher import WEBHOOK_URL_HEADER
+from relay.tracing.context import TRACEPARENT, TRACESTATE, TraceContext
 from relay.webhooks.deliveries import DeliveryStore
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,8 @@ MAX_BATCH_RECORDS = 500
 
 def deliveries_for(record: Any, default_endpoints: Sequence[str]) -> list[WebhookDelivery] | None:
     """The deliveries one result record asks for: to its ``webhook-url`` header, else to the
-    default endpoints. ``None`` when the record is not a result the relay can deliver."""
+    default endpoints, each carrying the record's trace context. ``None`` when the record is not
+    a result the relay can deliver."""
     if record.value is None:
         return None
     headers = {name: value.decode("utf-8", "replace") for name, value in record.headers or ()}
@@ -52,6 +54,7 @@ def deliveries_for(record: Any, default_endpoints: Sequence[str]) -> list[Webhoo
     own = headers.get(WEBHOOK_URL_HEADER, "").strip()
     endpoints = [own] if own else list(default_endpoints)
     key = (record.key or b"").decode("utf-8", "replace")
+    trace = TraceContext.parse(headers.get(TRACEPARENT), headers.get(TRACESTATE))
     return [
         WebhookDelivery(
             endpoint=endpoint,
@@ -60,6 +63,8 @@ def deliveries_for(record: Any, default_endpoints: Sequence[str]) -> list[Webhoo
             type=result_type,
             body=record.value,
             published_ms=record.timestamp or int(time.time() * 1000),
+            traceparent=trace.traceparent if trace else None,
+            tracestate=trace.tracestate if trace else None,
         )
         for endpoint in dict.fromkeys(endpoints)
     ]

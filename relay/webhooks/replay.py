@@ -104,6 +104,8 @@ async def replay_dead_letters(
             body=value,
             published_ms=letter.published_ms,
             replayed=True,
+            traceparent=letter.traceparent,
+            tracestate=letter.tracestate,
         )
         fresh[delivery.delivery_id] = delivery
     redis = redis_client(settings, max_connections=REDIS_MAX_CONNECTIONS)

@@ -21,11 +21,14 @@ from redis.exceptions import RedisError
 
 from relay.backoff import Backoff
 from relay.metrics import RelayMetrics
+from relay.models import WebhookDelivery
 from relay.origins import OriginLabels
+from relay.tracing.context import TraceContext
+from relay.tracing.spans import NO_TRACING, Tracing
 from relay.webhooks.admission import EndpointAdmission
 from relay.webhooks.client import AttemptResult, WebhookClient
 from relay.webhooks.deliveries import ClaimedDelivery, DeliveryStore
-from relay.webhooks.finisher import DeliveryFinisher
+from relay.webhooks.finisher import DeliveryFinisher, endpoint_host
 from relay.webhooks.history import AttemptRecord
 from relay.webhooks.legacy import migrate_legacy
 
@@ -56,8 +59,10 @@ class DeliveryWorker:
         poll_interval_s: float,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        tracing: Tracing = NO_TRACING,
     ) -> None:
         self._store = store
+        self._tracing = tracing
         self._client = client
         self._admission = admission
         self._finisher = finisher
@@ -207,7 +212,7 @@ class DeliveryWorker:
         loop = asyncio.get_running_loop()
         began = loop.time()
         try:
-            result = await self._client.post(d.endpoint, d.event_id, d.body)
+            result = await self._post(d)
         except asyncio.CancelledError:
             # Shutting down mid-attempt: hand the delivery back now rather than at lease expiry.
             await self._release_now(claimed)
@@ -231,6 +236,23 @@ class DeliveryWorker:
                 "recording a webhook attempt failed; it is repeated after the lease expires",
                 extra={"event_id": d.event_id, "reason": repr(exc)},
             )
+
+    async def _post(self, d: WebhookDelivery) -> AttemptResult:
+        """The POST, in the attempt's span: a child of the result's trace context, however long
+        after the result and in whichever process (it is kept with the delivery in Redis)."""
+        parent = TraceContext.parse(d.traceparent, d.tracestate) if d.traceparent else None
+        with self._tracing.attempt(parent) as span:
+            result = await self._client.post(
+                d.endpoint, d.event_id, d.body, self._tracing.outbound(parent)
+            )
+            if span.recording:
+                span.set("relay.event_id", d.event_id)
+                span.set("relay.idempotency_key", d.idempotency_key)
+                span.set("relay.webhook.attempt", d.attempts + 1)
+                span.set("relay.webhook.outcome", result.outcome)
+                span.set("server.address", endpoint_host(d.endpoint))
+                span.set("http.response.status_code", result.status)
+            return result
 
     async def _defer(self, claimed: ClaimedDelivery, delay_s: float) -> None:
         """Give a delivery back unattempted (its attempt count unchanged)."""

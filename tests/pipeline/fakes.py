@@ -37,6 +37,8 @@ from relay.pipeline.publisher import ResultPublisher
 from relay.pipeline.steps import RequestSteps
 from relay.retry import RetryPolicy
 from relay.status import RecentResults
+from relay.tracing.context import TraceContext
+from relay.tracing.spans import NO_TRACING, Tracing
 
 MODEL = "apimart-doubao-seedance-4-0"
 Errors = defaultdict[str, list[BaseException]]
@@ -200,14 +202,21 @@ class FakePublisher(ResultPublisher):
     def __init__(self, metrics: RelayMetrics) -> None:  # no producer
         self._metrics = metrics
         self.results: list[tuple[ResultRecord, str | None]] = []
+        self.traces: list[TraceContext | None] = []  # beside each result
         self.dead_letters: list[DeadLetterCopy] = []
         self.errors: Errors = defaultdict(list)
 
     async def publish(
-        self, result: ResultRecord, *, webhook_url: str | None = None, body: bytes | None = None
+        self,
+        result: ResultRecord,
+        *,
+        webhook_url: str | None = None,
+        body: bytes | None = None,
+        trace: TraceContext | None = None,
     ) -> None:
         _raise_next(self.errors, "publish")
         self.results.append((result, webhook_url))
+        self.traces.append(trace)
 
     async def dead_letter(
         self,
@@ -238,6 +247,7 @@ class Harness:
     gate: CredentialGate = field(default_factory=CredentialGate)
     handover: Handover = field(default_factory=Handover)
     sleeps: list[float] = field(default_factory=list)
+    tracing: Tracing = NO_TRACING
 
     def __post_init__(self) -> None:
         self.publisher = FakePublisher(self.metrics)
@@ -253,6 +263,7 @@ class Harness:
             max_metadata_bytes=1024,
             task_timeout_s=self.task_timeout_s,
             wall_clock=wall_clock,
+            tracing=self.tracing,
         )
         self.processor = RequestProcessor(
             steps,
@@ -266,6 +277,7 @@ class Harness:
                 outages_unbounded=True,
                 sleep=self._sleep,
             ),
+            tracing=self.tracing,
         )
 
     async def _sleep(self, delay_s: float) -> None:

@@ -33,6 +33,7 @@ class Record:
     key: bytes | None
     value: bytes | None
     timestamp: int = 0
+    headers: tuple[tuple[str, bytes], ...] = ()  # as aiokafka's ConsumerRecord has
 
 
 @dataclass

@@ -50,8 +50,10 @@ def build_http_app(
     *,
     recent: RecentResults | None = None,
     token: str | None = None,
+    budgets: Callable[[], dict[str, object]] | None = None,
 ) -> web.Application:
-    """``readiness`` returns each dependency's problem (``None`` when fine)."""
+    """``readiness`` returns each dependency's problem (``None`` when fine); ``budgets`` the
+    spend budgets' section of the status page (``relay.spend.monitor``)."""
     started_at = time.time()
     recent = recent or RecentResults()
 
@@ -81,6 +83,8 @@ def build_http_app(
 
     async def status_json(_: web.Request) -> web.Response:
         doc = status_document(metrics.registry, recent, await readiness(), started_at)
+        if budgets is not None:
+            doc["budgets"] = budgets()
         return web.json_response(doc, headers={"Cache-Control": "no-store"})
 
     app = web.Application(middlewares=[_token_guard(token)] if token else [])

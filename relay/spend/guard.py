@@ -145,8 +145,8 @@ class BudgetGuard:
             except RedisError as exc:
                 log.warning("budget reservation not refreshed", extra={"reason": repr(exc)})
                 continue
-            if not alive:
-                log.warning("a budget reservation lapsed while its submit was in flight")
+            if not alive:  # charged by another owner of the key, or lapsed (Redis was out)
+                log.info("a budget reservation is no longer held while its submit runs")
                 return
 
     async def charge(self, reservation: Reservation, snapshot: TaskSnapshot) -> None:

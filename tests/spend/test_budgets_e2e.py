@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -298,3 +299,78 @@ async def test_a_sigkill_between_reservation_and_submit_leaks_no_room_after_the_
         )
     finally:
         server.close()
+
+
+async def test_counters_and_budget_equal_the_ledger_across_a_crash_between_create_and_record(
+    tansu_pipeline: Pipeline, unique: str
+) -> None:
+    """The relay dies while its submits hang at MindVideo, which creates the tasks after it died:
+    nothing recorded them. The restarted relay submits the keys again, MindVideo answers with
+    replays (``Idempotent-Replayed: true``), and each task is counted once, in the counters and
+    in the budget (it reserved the same room the dead relay had reserved, not a second)."""
+    pipe = tansu_pipeline
+    env = {
+        "RELAY_BUDGETS": _budgets(("cap", "global", "month", 100.0)),
+        "RELAY_PRICE_HINTS": HINTS,
+    }
+    # MindVideo creates each task at once but answers 6 s later: the relay dies before that.
+    await pipe.sim_put("/_sim/faults", {"reply_delay_ms": 6_000})
+    relay, port = await pipe.start_relay(**env)
+    keys = [f"crash-{unique[:8]}-{i}" for i in range(12)]
+    await pipe.produce(_records(keys))
+
+    async def all_submitting() -> bool:
+        reserved = await pipe.metric(port, "relay_budget_reserved_usd")
+        return abs(reserved - 12 * PRICE) < 1e-9
+
+    await _eventually(all_submitting, 20, "every key reserved and being submitted")
+
+    async def all_created() -> bool:
+        stats: dict[str, object] = await pipe.sim_get("/_sim/stats")
+        return stats["charges"] == len(keys)
+
+    await _eventually(all_created, 10, "MindVideo created every task")
+    assert await pipe.metric(port, "relay_tasks_submitted_total") == 0, "none answered yet"
+    relay.kill()
+    await pipe.sim_put("/_sim/faults", {"reply_delay_ms": 0})
+    await pipe.restart_relay(relay, port)
+    results = _by_key(await pipe.results(set(keys), 90))
+    assert {r.value["type"] for r in results.values()} == {"task.succeeded"}
+    ledger = await pipe.sim_get("/_sim/ledger")
+    assert sorted(c["idempotency_key"] for c in ledger["charges"]) == sorted(keys)
+    stats = await pipe.sim_get("/_sim/stats")
+    posts = stats["requests"]["POST /api/v1/tasks"]["200"]
+    assert posts == 2 * len(keys), "each key created by the dead relay, replayed to the new one"
+    assert await pipe.metric(port, "relay_tasks_submitted_total") == len(keys)
+    estimated = await pipe.metric(port, "relay_cost_estimated_usd_total")
+    assert estimated == pytest.approx(ledger["total_estimate_usd"])
+    await _eventually(
+        lambda: _spent_is(pipe, [port], ledger["total_actual_usd"]), 15, "budget = ledger"
+    )
+    assert await pipe.metric(port, "relay_budget_reserved_usd") == 0
+    code, output = await reconcile(pipe, "10m", f"--metrics-url={metrics_url(port)}")
+    assert code == 0, output
+    assert "counters of 1 relay(s): agree" in output
+
+
+def metrics_url(port: int) -> str:
+    return f"http://127.0.0.1:{port}/metrics"
+
+
+async def reconcile(pipe: Pipeline, since: str, *extra: str) -> tuple[int, str]:
+    """``relay reconcile`` run as an operator would, with the relays' settings: exit, output."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "relay",
+        "reconcile",
+        "--since",
+        since,
+        *extra,
+        env=pipe.relay_env(),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 120)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode()

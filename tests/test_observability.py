@@ -12,6 +12,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from tests.spend.test_budgets_e2e import reconcile
 from tests.support.observability import (
     VARIED_SIM_ARGS,
     produce_varied_load,
@@ -29,6 +30,8 @@ from tests.support.services import (
 pytestmark = pytest.mark.integration
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
+# Spend budgets (issue 13): a budget that never binds, so its panels have data.
+BUDGETS = '[{"name": "all", "scope": "global", "window": "month", "limit_usd": 1000}]'
 DASHBOARD = DEPLOY / "grafana/dashboards/mindvideo-relay.json"
 ALERTS = DEPLOY / "alerts.yml"
 
@@ -64,7 +67,7 @@ async def test_metrics_pass_promtool_and_every_dashboard_query_returns_data(
     pipeline: Pipeline, topics: TopicFactory, unique: str, tmp_path: Path
 ) -> None:
     prometheus_bin, promtool_bin = _tool("prometheus"), _tool("promtool")
-    loaded = await start_loaded_relay(pipeline, topics, unique)
+    loaded = await start_loaded_relay(pipeline, topics, unique, RELAY_BUDGETS=BUDGETS)
     prom_port = free_port()
     config = tmp_path / "prometheus.yml"
     config.write_text(
@@ -88,6 +91,11 @@ async def test_metrics_pass_promtool_and_every_dashboard_query_returns_data(
         await wait_for_port("127.0.0.1", prom_port, 30.0, prometheus)
         produced = await produce_varied_load(pipeline, unique, rounds=30)
         assert produced > 30
+        await reconcile(pipeline, "10m")  # the relay exports the last drift: a panel shows it
+        deadline = time.monotonic() + 15
+        while await pipeline.metric(loaded.port, "relay_reconcile_last_run_timestamp_seconds") == 0:
+            assert time.monotonic() < deadline, "the relay exports the last reconciliation"
+            await asyncio.sleep(0.5)
 
         _, metrics_text = await pipeline.relay_get(loaded.port, "/metrics")
         promtool = await asyncio.create_subprocess_exec(

@@ -53,10 +53,12 @@ class BudgetMonitor:
         self._history: list[tuple[float, int]] = []
         self._drift_labels: set[str] = set()
         if guard is not None:
-            for rule in guard.rules:
-                metrics.budget_limit.labels(rule.name, rule.window).set(rule.limit_usd)
+            for rule in guard.rules:  # every series exists from the start (at 0)
+                labels = (rule.name, rule.window)
+                metrics.budget_limit.labels(*labels).set(rule.limit_usd)
+                metrics.budget_exhausted.labels(*labels).inc(0)
                 for gauge in (metrics.budget_held, metrics.budget_held_oldest):
-                    gauge.labels(rule.name, rule.window).set(0)
+                    gauge.labels(*labels).set(0)
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="budget-monitor")

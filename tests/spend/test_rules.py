@@ -8,6 +8,8 @@ from datetime import UTC, datetime
 import pytest
 from pydantic import ValidationError
 
+from relay.configuration import load_settings
+from relay.exceptions import ConfigurationError
 from relay.spend.prices import PriceBook, image_count, parse_hints, resolution_of, to_micro
 from relay.spend.rules import applicable, parse_rules, scope_digest, window_at
 
@@ -127,3 +129,25 @@ def test_n_and_resolution_defaults() -> None:
 def test_bad_price_hints_are_refused(hints: object) -> None:
     with pytest.raises(ValueError, match=r"."):
         parse_hints(hints)
+
+
+def test_budget_settings_are_read_strictly_and_named_in_errors(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(
+        "RELAY_BUDGETS", '[{"name": "all", "scope": "global", "window": "day", "limit_usd": 5}]'
+    )
+    monkeypatch.setenv("RELAY_PRICE_HINTS", '{"m": {"2K": 0.02}}')
+    monkeypatch.setenv("RELAY_BUDGET_MODE", "reject")
+    settings = load_settings()
+    assert [r.name for r in settings.budgets] == ["all"]
+    assert (settings.price_hints, settings.budget_mode) == ({"m": {"2K": 0.02}}, "reject")
+
+    monkeypatch.setenv("RELAY_BUDGETS", '[{"name": "all", "scope": "tenant"}]')
+    monkeypatch.setenv("RELAY_PRICE_HINTS", "{not json")
+    monkeypatch.setenv("RELAY_BUDGET_MODE", "drop")
+    with pytest.raises(ConfigurationError) as failed:
+        load_settings()
+    text = str(failed.value)
+    for variable in ("RELAY_BUDGETS", "RELAY_PRICE_HINTS", "RELAY_BUDGET_MODE"):
+        assert variable in text

@@ -176,6 +176,13 @@ def _cmd_reconcile(args: argparse.Namespace) -> int:
         return 3
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be 1 or more")
+    return value
+
+
 def _add_reconcile_command(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     reconcile = commands.add_parser(
         "reconcile",
@@ -191,9 +198,11 @@ def _add_reconcile_command(commands: argparse._SubParsersAction) -> None:  # typ
         help="also compare the cost counters of a relay's /metrics (repeatable)",
     )
     reconcile.add_argument(
-        "--concurrency", type=int, default=16, help="MindVideo lookups at once (16)"
+        "--concurrency", type=_positive, default=16, help="MindVideo lookups at once (16)"
     )
-    reconcile.add_argument("--show", type=int, default=20, help="disagreeing tasks listed (20)")
+    reconcile.add_argument(
+        "--show", type=_positive, default=20, help="disagreeing tasks listed (20)"
+    )
     reconcile.set_defaults(func=_cmd_reconcile)
 
 

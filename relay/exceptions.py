@@ -71,11 +71,15 @@ class BudgetHeld(RelayError):
     request is learning its price: wait, unsubmitted and unrejected, until ``until_s`` (unix
     seconds: the window's end, or when to look again) or until room is released."""
 
-    def __init__(self, message: str, *, budget: str, window: str, until_s: float) -> None:
+    def __init__(
+        self, message: str, *, budget: str, window: str, until_s: float, full: bool = True
+    ) -> None:
+        """``full``: the budget has no room (``False``: waiting for a price to be learned)."""
         super().__init__(message)
         self.budget = budget
         self.window = window
         self.until_s = until_s
+        self.full = full
 
 
 class OperatorError(RelayError):

@@ -101,6 +101,7 @@ class BudgetGuard:
                 budget=first.rule.name,
                 window=first.rule.window,
                 until_s=now_s + min(max(reply.probe_left_s, MIN_WAIT_S), self._recheck_s),
+                full=False,
             )
         return None if reply.outcome == "charged" else reservation
 
@@ -207,7 +208,7 @@ class BudgetGuard:
         """Wait, counted as held, until the request may try again: its window ended (plus
         jitter), room was released here, a recheck interval passed, or its deadline came."""
         labels = (held.budget, held.window)
-        if first:
+        if first and held.full:
             self._metrics.budget_exhausted.labels(*labels).inc()
             log.info("request held by a spend budget", extra={"budget": held.budget})
         now_s = self._clock()

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
+from relay.cli import main
 from relay.models import TaskSnapshot
 from relay.spend.reconcile import IN_FLIGHT, RelayTask, compare, format_table
 from relay.spend.reconcile_run import parse_since
@@ -77,3 +80,18 @@ def test_since_takes_durations_and_times() -> None:
     for bad in ("yesterday", "24", "2026-11-25T18:00:00"):
         with pytest.raises(ValueError, match=r"."):
             parse_since(bad, now)
+
+
+def test_reconcile_usage_errors_exit_2_before_any_io(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name in [n for n in os.environ if n.startswith("RELAY_")]:
+        monkeypatch.delenv(name)
+    assert main(["reconcile", "--since", "24h"]) == 2
+    assert "RELAY_MINDVIDEO_API_KEY is empty" in capsys.readouterr().err
+    monkeypatch.setenv("RELAY_MINDVIDEO_API_KEY", "mv_test_x")
+    assert main(["reconcile", "--since", "yesterday"]) == 2
+    assert "--since 'yesterday'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as usage:
+        main(["reconcile", "--concurrency", "0"])
+    assert usage.value.code == 2

@@ -118,6 +118,11 @@ async def test_metrics_pass_promtool_and_every_dashboard_query_returns_data(
                 if up["data"]["result"] and float(up["data"]["result"][0]["value"][1]) >= 5:
                     break
                 await asyncio.sleep(1)
+            while time.monotonic() < deadline + 15:  # the last reconciliation, scraped
+                drift = await _query(session, base, "relay_reconcile_drift_usd")
+                if drift["data"]["result"]:
+                    break
+                await asyncio.sleep(0.5)
             failures = []
             queries = _dashboard_queries()
             for panel, expr in queries:

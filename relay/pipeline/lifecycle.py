@@ -163,6 +163,7 @@ class Work:
     resumed_claim: bool = False  # the key was claimed before: an earlier submit may have run
     reservation: Reservation | None = None  # room held in the budgets until the task is created
     held_since_s: float | None = None  # when a budget first held the request (unix seconds)
+    held_by: tuple[str, str] | None = None  # (budget, window) counting it as held meanwhile
     # A submit may have reached MindVideo (a timeout, a 5xx): expires_at no longer applies, the
     # request is followed through with its Idempotency-Key instead of claimed to cost nothing.
     maybe_submitted: bool = False

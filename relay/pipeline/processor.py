@@ -74,6 +74,16 @@ class RequestProcessor:
 
     async def _advance(self, stage: Stage, work: Work) -> Stage:
         """Run ``stage``'s step until it gives the next stage or the table moves elsewhere."""
+        try:
+            return await self._run(stage, work)
+        finally:
+            if work.held_by is not None:  # the request leaves a budget's hold, however it does
+                assert self._budget is not None
+                assert work.held_since_s is not None
+                self._budget.end_hold(work.held_by, work.held_since_s)
+                work.held_by, work.held_since_s = None, None
+
+    async def _run(self, stage: Stage, work: Work) -> Stage:
         while True:
             if stage in NEEDS_MINDVIDEO:
                 await self._wait_at_gate(self._deadline_s(stage, work))
@@ -108,16 +118,11 @@ class RequestProcessor:
             case Action.HOLD:
                 assert isinstance(exc, BudgetHeld)
                 assert self._budget is not None
-                first = work.held_since_s is None
-                if work.held_since_s is None:
+                if work.held_by is None:  # counted as held from now until it leaves the stage
                     work.held_since_s = self._wall_clock()
+                    work.held_by = self._budget.begin_hold(exc, work.held_since_s)
                 async with self._handover.parked():  # on shutdown: handed back at once
-                    await self._budget.hold(
-                        exc,
-                        since_s=work.held_since_s,
-                        first=first,
-                        deadline_s=self._deadline_s(stage, work),
-                    )
+                    await self._budget.hold(exc, deadline_s=self._deadline_s(stage, work))
                 return None
             case Action.CLOSE_GATE:
                 assert isinstance(exc, OperatorError)

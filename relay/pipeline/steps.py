@@ -184,7 +184,6 @@ class RequestSteps:
         await self._refuse_if_expired(work, rec)
         if self._budget is not None and work.reservation is None:
             work.reservation = await self._budget.reserve(key, rec)
-        work.held_since_s = None
         return Stage.SUBMIT
 
     async def submit(self, work: Work) -> Stage:

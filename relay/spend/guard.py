@@ -87,7 +87,7 @@ class BudgetGuard:
         now_s = self._clock()
         budgets = applicable(self.rules, request.model, request.metadata, now_s)
         quote = self.prices.quote(request.model, request.input)
-        reservation = Reservation(reservation_id(key), quote, tuple(budgets))
+        reservation = Reservation(reservation_id(key), quote, tuple(budgets), now_s)
         reply = await self.ledger.reserve(reservation)
         if reply.lapsed:
             self.lapsed(reply.lapsed)
@@ -122,7 +122,11 @@ class BudgetGuard:
         raise BudgetHeld(message, budget=rule.name, window=rule.window, until_s=window.end_s)
 
     async def refresh(self, reservation: Reservation) -> bool:
-        """Whether the reservation still holds its room (extended); ``False`` once it lapsed."""
+        """Whether the reservation still holds its room (extended); ``False`` once it lapsed.
+        One made less than a third of its TTL ago cannot have lapsed: no call to Redis (the
+        usual case, a submit right after its reservation)."""
+        if self._clock() - reservation.made_s < self._ttl_s / 3:
+            return True
         return await self.ledger.refresh(reservation.id)
 
     @asynccontextmanager
@@ -202,15 +206,25 @@ class BudgetGuard:
         self._room_freed.set()
         self._room_freed = asyncio.Event()
 
-    async def hold(
-        self, held: BudgetHeld, *, since_s: float, first: bool, deadline_s: float | None
-    ) -> None:
-        """Wait, counted as held, until the request may try again: its window ended (plus
-        jitter), room was released here, a recheck interval passed, or its deadline came."""
+    def begin_hold(self, held: BudgetHeld, since_s: float) -> tuple[str, str]:
+        """A request starts waiting at a budget: counted in ``relay_budget_held_requests`` (and
+        its age in the oldest-held gauge) until ``end_hold``; its labels."""
         labels = (held.budget, held.window)
-        if first and held.full:
+        if held.full:
             self._metrics.budget_exhausted.labels(*labels).inc()
             log.info("request held by a spend budget", extra={"budget": held.budget})
+        self.held.setdefault(labels, []).append(since_s)
+        self._metrics.budget_held.labels(*labels).inc()
+        return labels
+
+    def end_hold(self, labels: tuple[str, str], since_s: float) -> None:
+        """The request held since ``since_s`` stopped waiting (room, a rejection, a handover)."""
+        self._metrics.budget_held.labels(*labels).dec()
+        self.held[labels].remove(since_s)
+
+    async def hold(self, held: BudgetHeld, *, deadline_s: float | None) -> None:
+        """Wait until a held request may try again: its window ended (plus jitter), room was
+        released here, a recheck interval passed (room freed elsewhere), or its deadline came."""
         now_s = self._clock()
         if held.until_s - now_s <= self._recheck_s:
             timeout_s = held.until_s - now_s + self._rng.uniform(0, ROLLOVER_JITTER_S)
@@ -218,18 +232,10 @@ class BudgetGuard:
             timeout_s = self._recheck_s * self._rng.uniform(1 - RECHECK_JITTER, 1 + RECHECK_JITTER)
         if deadline_s is not None:
             timeout_s = min(timeout_s, deadline_s - now_s)
-        since = self.held.setdefault(labels, [])
-        since.append(since_s)
-        gauge = self._metrics.budget_held.labels(*labels)
-        gauge.inc()
-        try:
-            event = self._room_freed
-            await self._waiter(event, max(MIN_WAIT_S, timeout_s))
-            if event.is_set():
-                await asyncio.sleep(self._rng.uniform(0, WAKE_JITTER_S))
-        finally:
-            gauge.dec()
-            since.remove(since_s)
+        event = self._room_freed
+        await self._waiter(event, max(MIN_WAIT_S, timeout_s))
+        if event.is_set():
+            await asyncio.sleep(self._rng.uniform(0, WAKE_JITTER_S))
 
     def oldest_held_s(self) -> dict[tuple[str, str], float]:
         """Per (budget, window): how long the longest-held request has waited (0 if none)."""

@@ -44,6 +44,7 @@ class Reservation:
     id: str
     quote: Quote
     budgets: tuple[BudgetInstance, ...]
+    made_s: float = 0.0  # when it was made (unix seconds)
 
     @property
     def entries(self) -> str:

@@ -141,22 +141,19 @@ async def test_a_request_of_a_created_task_reserves_nothing() -> None:
 
 
 async def test_a_hold_waits_for_the_window_end_plus_jitter_when_it_is_near() -> None:
-    guard, _, clock, waits, metrics = _guard(GLOBAL_HOUR, recheck_s=30)
+    guard, _, clock, waits, _ = _guard(GLOBAL_HOUR, recheck_s=30)
     clock.now_s = T0 + 3590  # 10 s before the hour ends
     held = BudgetHeld("full", budget="cap", window="hour", until_s=T0 + 3600)
-    await guard.hold(held, since_s=clock(), first=True, deadline_s=None)
+    await guard.hold(held, deadline_s=None)
     [timeout] = waits.timeouts
     assert 10.0 <= timeout <= 11.0
-    labels = {"budget": "cap", "window": "hour"}
-    assert metrics.registry.get_sample_value("relay_budget_exhausted_total", labels) == 1
-    assert metrics.registry.get_sample_value("relay_budget_held_requests", labels) == 0
 
 
 async def test_a_hold_rechecks_for_room_freed_elsewhere_and_ends_at_the_deadline() -> None:
     guard, _, clock, waits, _ = _guard(GLOBAL_HOUR, recheck_s=30)
     held = BudgetHeld("full", budget="cap", window="hour", until_s=T0 + 3600)
-    await guard.hold(held, since_s=clock(), first=False, deadline_s=None)
-    await guard.hold(held, since_s=clock(), first=False, deadline_s=clock() + 7)
+    await guard.hold(held, deadline_s=None)
+    await guard.hold(held, deadline_s=clock() + 7)
     assert 24.0 <= waits.timeouts[0] <= 36.0, "a jittered recheck, not the hour's end"
     assert waits.timeouts[1] == pytest.approx(7.0), "expires_at ends the wait"
 
@@ -174,15 +171,17 @@ async def test_held_requests_are_counted_while_they_wait_and_released_room_wakes
         clock=clock,
     )
     held = BudgetHeld("full", budget="cap", window="hour", until_s=T0 + 3600)
-    waiting = asyncio.create_task(
-        real.hold(held, since_s=clock() - 42, first=True, deadline_s=None)
-    )
+    labels = real.begin_hold(held, clock() - 42)
+    waiting = asyncio.create_task(real.hold(held, deadline_s=None))
     await asyncio.sleep(0.01)
-    labels = {"budget": "cap", "window": "hour"}
-    assert metrics.registry.get_sample_value("relay_budget_held_requests", labels) == 1
+    values = {"budget": "cap", "window": "hour"}
+    assert metrics.registry.get_sample_value("relay_budget_held_requests", values) == 1
+    assert metrics.registry.get_sample_value("relay_budget_exhausted_total", values) == 1
     assert real.oldest_held_s() == {("cap", "hour"): pytest.approx(42.0)}
     res = await real.reserve("x", _request())
     assert res is not None
     await real.release(res)  # room given back in this process wakes the held request
     await asyncio.wait_for(waiting, 1.0)
-    assert metrics.registry.get_sample_value("relay_budget_held_requests", labels) == 0
+    real.end_hold(labels, clock() - 42)
+    assert metrics.registry.get_sample_value("relay_budget_held_requests", values) == 0
+    assert real.oldest_held_s() == {("cap", "hour"): 0.0}

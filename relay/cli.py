@@ -4,7 +4,8 @@
 Exit codes, for every command: 0 done, 2 the configuration or the command line is wrong (one
 line on stderr names each variable or flag to fix), 1 a dependency could not be reached (one
 line names it, its address and the variable that sets it). ``relay submit`` adds 1 for a
-request that did not succeed and 3 for a ``--wait`` that timed out.
+request that did not succeed and 3 for a ``--wait`` that timed out; ``relay reconcile`` uses 1 for
+drift found and 3 for a dependency that could not be reached.
 """
 
 from __future__ import annotations
@@ -15,15 +16,17 @@ import json
 import logging
 import signal
 import sys
+import time
 from collections.abc import Callable
 from typing import TypeVar
 
+import aiohttp
 from aiokafka.errors import KafkaError
 from redis.exceptions import RedisError
 
 from relay import __version__, eventloop
 from relay.configuration import load_service_settings, load_settings, load_tracing_config
-from relay.exceptions import ConfigurationError, StartupError
+from relay.exceptions import ConfigurationError, RelayError, StartupError
 from relay.logs import setup_logging
 from relay.redis import redis_client
 from relay.service import Relay
@@ -162,6 +165,72 @@ def _cmd_webhooks_status(args: argparse.Namespace) -> int:
     return 0 if doc["deliveries"] or doc.get("dead_letters", {}).get("letters") else 1
 
 
+def _cmd_reconcile(args: argparse.Namespace) -> int:
+    """``relay reconcile``: 0 agree, 1 drift, 2 usage or configuration, 3 unreachable."""
+    settings = _load("relay reconcile", load_settings)
+    setup_logging(settings.log_level, settings.log_format)
+    quiet_kafka_client()
+    from relay.spend.reconcile_run import parse_since, reconcile
+
+    if not settings.mindvideo_api_key.get_secret_value().strip():
+        print(
+            "relay reconcile: RELAY_MINDVIDEO_API_KEY is empty: set the relay's key",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        since_s = parse_since(args.since, time.time())
+    except ValueError:
+        print(
+            f"relay reconcile: --since {args.since!r}: give 30m, 24h, 7d or an RFC 3339 time",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        return asyncio.run(
+            reconcile(
+                settings,
+                since_s=since_s,
+                metrics_urls=args.metrics_url or [],
+                concurrency=args.concurrency,
+                show=args.show,
+            )
+        )
+    except (KafkaError, RedisError, OSError, RelayError, aiohttp.ClientError) as exc:
+        print(f"relay reconcile: could not finish: {exc}", file=sys.stderr)
+        return 3
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be 1 or more")
+    return value
+
+
+def _add_reconcile_command(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    reconcile = commands.add_parser(
+        "reconcile",
+        help="compare what MindVideo says about the tasks the relay submitted with the relay's "
+        "records; exit 1 on drift",
+    )
+    reconcile.add_argument(
+        "--since", default="24h", help="window start: 30m, 24h, 7d or an RFC 3339 time (24h)"
+    )
+    reconcile.add_argument(
+        "--metrics-url",
+        action="append",
+        help="also compare the cost counters of a relay's /metrics (repeatable)",
+    )
+    reconcile.add_argument(
+        "--concurrency", type=_positive, default=16, help="MindVideo lookups at once (16)"
+    )
+    reconcile.add_argument(
+        "--show", type=_positive, default=20, help="disagreeing tasks listed (20)"
+    )
+    reconcile.set_defaults(func=_cmd_reconcile)
+
+
 def _add_webhook_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     webhooks = commands.add_parser("webhooks", help="operate webhook deliveries")
     actions = webhooks.add_subparsers(dest="webhooks_command", required=True)
@@ -215,6 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_arguments(submit_parser)
     submit_parser.set_defaults(func=_cmd_submit)
     _add_webhook_commands(commands)
+    _add_reconcile_command(commands)
     return parser
 
 

@@ -4,6 +4,8 @@
 - ``RequestRejected``: final for this request; publish a ``request.rejected`` result.
 - ``OperatorError``: the operator's configuration (key, credit) is wrong; stop taking work.
 - ``FollowTimeout``: a task did not end within ``RELAY_TASK_TIMEOUT_S`` of its submit; fail it.
+- ``BudgetHeld``: a spend budget has no room yet; hold the request (unsubmitted) until it may.
+- ``RequestExpired`` and ``BudgetExceeded`` are ``RequestRejected``: reject, nothing is charged.
 
 What each of them leads to at each step of a request is one table: ``relay.pipeline.lifecycle``.
 - ``ConnectivityError``: Kafka or Redis refuses how the relay connects; do not start.
@@ -19,16 +21,25 @@ class RelayError(Exception):
 class RetryableError(RelayError):
     """A transient failure: timeouts, connection errors, 5xx, 429.
 
-    ``reason`` is a short label from a closed set (``network``, ``http_5xx``, ``http_429``,
-    ``http_4xx``, ``bad_response``, ``stream``) for the retry metric; never a message.
+    ``reason`` is a short label from a closed set (``network``, ``connect``, ``http_5xx``,
+    ``http_429``, ``http_4xx``, ``bad_response``, ``stream``) for the retry metric; never a
+    message. ``maybe_sent`` is ``False`` only when the request certainly had no effect at
+    MindVideo (no connection, or a 429): a submit that may have created a task is never treated
+    as unsubmitted (a request past its ``expires_at`` is then followed, not rejected).
     """
 
     def __init__(
-        self, message: str, *, retry_after_s: float | None = None, reason: str = "network"
+        self,
+        message: str,
+        *,
+        retry_after_s: float | None = None,
+        reason: str = "network",
+        maybe_sent: bool = True,
     ) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
         self.reason = reason
+        self.maybe_sent = maybe_sent
 
 
 class RequestRejected(RelayError):
@@ -38,6 +49,38 @@ class RequestRejected(RelayError):
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
+
+
+class RequestExpired(RequestRejected):
+    """The request's ``expires_at`` passed before it was submitted: it never will be."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("expired", message)
+
+
+class BudgetExceeded(RequestRejected):
+    """A spend budget has no room for the request and ``RELAY_BUDGET_MODE=reject``."""
+
+    def __init__(self, message: str, *, budget: str, window: str) -> None:
+        super().__init__("budget_exceeded", message)
+        self.budget = budget
+        self.window = window
+
+
+class BudgetHeld(RelayError):
+    """A spend budget has no room for the request yet (``RELAY_BUDGET_MODE=hold``), or another
+    request is learning its price: wait, unsubmitted and unrejected, until ``until_s`` (unix
+    seconds: the window's end, or when to look again) or until room is released."""
+
+    def __init__(
+        self, message: str, *, budget: str, window: str, until_s: float, full: bool = True
+    ) -> None:
+        """``full``: the budget has no room (``False``: waiting for a price to be learned)."""
+        super().__init__(message)
+        self.budget = budget
+        self.window = window
+        self.until_s = until_s
+        self.full = full
 
 
 class OperatorError(RelayError):

@@ -66,9 +66,11 @@ def build_http_app(
     token: str | None = None,
     webhook_endpoints: EndpointRows | None = None,
     webhook_lookup: DeliveryLookup | None = None,
+    budgets: Callable[[], dict[str, object]] | None = None,
 ) -> web.Application:
     """``readiness`` returns each dependency's problem (``None`` when fine); the webhook
-    callables come from the dispatcher (``None`` when webhooks are disabled here)."""
+    callables come from the dispatcher (``None`` when webhooks are disabled here); ``budgets``
+    the spend budgets' section of the status page (``relay.spend.monitor``)."""
     started_at = time.time()
     recent = recent or RecentResults()
 
@@ -101,6 +103,8 @@ def build_http_app(
     async def status_json(_: web.Request) -> web.Response:
         endpoints = await webhook_endpoints() if webhook_endpoints else []
         doc = status_document(metrics.registry, recent, await readiness(), started_at, endpoints)
+        if budgets is not None:
+            doc["budgets"] = budgets()
         return web.json_response(doc, headers={"Cache-Control": "no-store"})
 
     async def webhook_deliveries(request: web.Request) -> web.Response:

@@ -200,8 +200,8 @@ class RelayMetrics:
         self.retries = Counter(
             "relay_retries_total",
             "Retries made, by where (scope: mindvideo, lifecycle, consumer) and why (reason: "
-            "mindvideo_network, mindvideo_http_5xx, mindvideo_http_429, redis, kafka, "
-            "credentials, internal, ...).",
+            "mindvideo_network, mindvideo_connect, mindvideo_http_5xx, mindvideo_http_429, "
+            "redis, kafka, credentials, internal, ...).",
             ["scope", "reason"],
             registry=r,
         )
@@ -327,6 +327,83 @@ class RelayMetrics:
         self.build_info.info({"version": __version__})
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
+        # --- Spend budgets and reconciliation (issue 13; README "Spend budgets") ---
+        # Labels: budget = the rule's name (RELAY_BUDGETS, the operator's), window; never a
+        # metadata value. A rule scoped per model or tenant shows its fullest instance.
+        by_budget = ["budget", "window"]
+        self.budget_limit = Gauge(
+            "relay_budget_limit_usd",
+            "Spend limit of a budget rule per window.",
+            by_budget,
+            registry=r,
+        )
+        self.budget_spent = Gauge(
+            "relay_budget_spent_usd",
+            "Spend charged to a budget in its current window (estimates of running tasks, "
+            "actual costs of ended ones), all relays; the fullest instance of a scoped rule.",
+            by_budget,
+            registry=r,
+        )
+        self.budget_reserved = Gauge(
+            "relay_budget_reserved_usd",
+            "Room reserved in a budget by submits in flight, all relays; the fullest instance.",
+            by_budget,
+            registry=r,
+        )
+        self.budget_instances = Gauge(
+            "relay_budget_instances",
+            "Instances of a budget rule with spend in its current window (models, tenants).",
+            by_budget,
+            registry=r,
+        )
+        self.budget_held = Gauge(
+            "relay_budget_held_requests",
+            "Requests this process holds unsubmitted because a budget has no room.",
+            by_budget,
+            registry=r,
+        )
+        self.budget_held_oldest = Gauge(
+            "relay_budget_held_oldest_seconds",
+            "How long the longest-held request of this process has waited for a budget.",
+            by_budget,
+            registry=r,
+        )
+        self.budget_exhausted = Counter(
+            "relay_budget_exhausted_total",
+            "Requests that found a budget without room (held from then on, or rejected).",
+            by_budget,
+            registry=r,
+        )
+        self.budget_lapsed = Counter(
+            "relay_budget_reservations_lapsed_total",
+            "Reservations whose holder stopped refreshing them (a crash before the submit); "
+            "their room went back to the budgets.",
+            registry=r,
+        )
+        self.reconcile_drift = BoundedLabels(
+            Gauge(
+                "relay_reconcile_drift_usd",
+                "Last `relay reconcile`: MindVideo's cost minus the relay's records, by model.",
+                ["model"],
+                registry=r,
+            ),
+            by_model,
+        )
+        self.reconcile_mismatched = BoundedLabels(
+            Gauge(
+                "relay_reconcile_mismatched_tasks",
+                "Last `relay reconcile`: tasks whose status or cost disagree, by model.",
+                ["model"],
+                registry=r,
+            ),
+            by_model,
+        )
+        self.reconcile_last_run = Gauge(
+            "relay_reconcile_last_run_timestamp_seconds",
+            "When `relay reconcile` last reported (unix seconds; 0 never).",
+            registry=r,
+        )
+        # --- end of the spend block ---
 
     def model_label(self, model: str | None) -> str:
         """``model`` as a label value: a model the relay validates or the operator listed in

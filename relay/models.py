@@ -83,6 +83,8 @@ def payload_fingerprint(model: str, payload: object) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+# RFC 3339 date-time (section 5.6), with the offset it requires: "Z" or "+hh:mm".
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})")
 _PRINTABLE_ASCII = re.compile(r"[\x20-\x7e]*")
 _URL_CHARS = re.compile(r"[\x21-\x7e]+")  # printable ASCII without the space
 
@@ -108,6 +110,17 @@ def json_bytes(value: object) -> bytes:
     """
     text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     return text.encode("utf-8")
+
+
+def parse_rfc3339(value: str) -> datetime:
+    """An RFC 3339 time with its offset; ``ValueError`` for anything else (a date alone, a
+    time without a timezone, an impossible date)."""
+    if _RFC3339.fullmatch(value) is None:
+        raise ValueError(
+            "must be an RFC 3339 time with a timezone, e.g. 2026-11-25T19:00:00Z or "
+            "2026-11-25T20:00:00+01:00"
+        )
+    return datetime.fromisoformat(value.replace(" ", "T").upper().replace("Z", "+00:00"))
 
 
 def is_http_url(value: str) -> bool:
@@ -136,6 +149,21 @@ class RequestRecord(BaseModel):
     input: dict[str, Any]
     webhook_url: str | None = Field(default=None, max_length=MAX_WEBHOOK_URL_CHARS)
     metadata: dict[str, Any] | None = None
+    # Not submitted after this moment (held by a budget, a backlog or an outage): rejected with
+    # ``expired`` instead, at no cost. A request already submitted is followed as usual.
+    expires_at: str | None = Field(default=None, max_length=64)
+
+    @field_validator("expires_at")
+    @classmethod
+    def _rfc3339(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_rfc3339(value)
+        return value
+
+    @property
+    def deadline_s(self) -> float | None:
+        """``expires_at`` in unix seconds (``None``: no deadline)."""
+        return None if self.expires_at is None else parse_rfc3339(self.expires_at).timestamp()
 
     @field_validator("idempotency_key")
     @classmethod
@@ -198,6 +226,8 @@ class TaskSnapshot(BaseModel):
     cost_actual: float | None = None
     output: dict[str, Any] | None = None
     error: Any = None
+    # Set by the client when MindVideo answered a submit as a replay (``Idempotent-Replayed``).
+    idempotent_replayed: bool = Field(default=False, exclude=True)
 
     @field_validator("status", mode="before")
     @classmethod

@@ -30,6 +30,8 @@ from relay.pipeline.steps import RequestSteps
 from relay.redis import RedisClient, redis_client
 from relay.retry import RetryPolicy
 from relay.settings import RelaySettings
+from relay.spend.guard import build_guard
+from relay.spend.monitor import BudgetMonitor
 from relay.startup import check_eviction_policy
 from relay.status import RecentResults
 from relay.topics import create_topics
@@ -78,6 +80,7 @@ class Relay:
         self._client: MindVideoClient | None = None
         self._webhooks: WebhookDispatcher | None = None
         self._loop_lag = LoopLagMonitor(self.metrics.event_loop_lag)
+        self._budgets: BudgetMonitor | None = None
 
     async def start(self) -> None:
         """Start what ``RELAY_ROLE`` asks for: the request pipeline, the webhook dispatcher, or
@@ -162,6 +165,14 @@ class Relay:
             max_polls_per_s=s.mindvideo_max_polls_per_s,
         )
         self.metrics.event_streams_open.set_function(lambda: follower.streams.in_use)
+        # Spend budgets (issue 13): None when RELAY_BUDGETS sets none; the monitor runs anyway
+        # (it exports the last `relay reconcile` drift).
+        budget = build_guard(s, self._redis, self.metrics)
+        self._budgets = BudgetMonitor(
+            self._redis, self.metrics, prefix=s.redis_key_prefix, guard=budget
+        )
+        await self._budgets.refresh()
+        await self._budgets.start()
         steps = RequestSteps(
             store=IdempotencyStore(
                 self._redis, prefix=s.redis_key_prefix, retention_s=s.idempotency_retention_s
@@ -181,11 +192,13 @@ class Relay:
             max_json_depth=s.max_json_depth,
             task_timeout_s=s.task_timeout_s,
             tracing=self.tracing,
+            budget=budget,
         )
         processor = RequestProcessor(
             steps,
             gate=self.gate,
             handover=self.handover,
+            budget=budget,
             retry=RetryPolicy(
                 backoff,
                 self.metrics.retries,
@@ -261,6 +274,8 @@ class Relay:
             await self._kafka_consumer.stop()
         if self._webhooks is not None:
             await self._webhooks.stop(self.settings.shutdown_grace_s)
+        if self._budgets is not None:
+            await self._budgets.stop()
         if self._producer is not None:
             await self._producer.stop()
         if self._runner is not None:
@@ -311,6 +326,7 @@ class Relay:
             token=token.get_secret_value() if token else None,
             webhook_endpoints=self._webhooks.endpoints if self._webhooks else None,
             webhook_lookup=self._webhooks.lookup if self._webhooks else None,
+            budgets=self._budgets.view if self._budgets is not None else None,
         )
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()

@@ -17,6 +17,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from relay.logs import redact_url, url_origin
 from relay.models import DEFAULT_MAX_JSON_DEPTH, MAX_MODEL_CHARS, decode_secret
 from relay.origins import INVALID_ORIGIN, origin_of, parse_origin
+from relay.spend.prices import PriceHints, parse_hints
+from relay.spend.rules import BudgetRule, parse_rules
 
 CommaList = Annotated[list[str], NoDecode]
 CommaFloats = Annotated[list[float], NoDecode]
@@ -224,6 +226,37 @@ class RelaySettings(BaseSettings):
         return value
 
     # --- end of the hostile-input block ---
+
+    # --- Spend budgets and deadlines (issue 13; README "Spend budgets") ---
+    # JSON list of {"name", "scope": global|model|metadata.<field>, "window": minute|hour|day|month,
+    # "limit_usd"}; empty: no budgets, nothing is reserved.
+    budgets: Annotated[list[BudgetRule], NoDecode] = Field(default_factory=list)
+    # JSON {"model": {"2K": 0.0252, "*": ...}}: USD per image; else prices are learned.
+    price_hints: Annotated[PriceHints, NoDecode] = Field(default_factory=dict)
+    budget_mode: Literal["hold", "reject"] = "hold"
+    # A reservation whose holder stops refreshing it (a crash before the submit) lapses this
+    # long after its last refresh; the next owner of the request takes it over before then.
+    budget_reservation_ttl_s: float = Field(default=300.0, ge=1)
+    # How often a held request looks for room freed by other relay processes.
+    budget_recheck_s: float = Field(default=30.0, gt=0)
+
+    @field_validator("budgets", mode="before")
+    @classmethod
+    def _budget_rules(cls, value: object) -> object:
+        return parse_rules(value)
+
+    @field_validator("price_hints", mode="before")
+    @classmethod
+    def _price_hints(cls, value: object) -> object:
+        if isinstance(value, str):
+            try:
+                value = json.loads(value) if value.strip() else {}
+            except ValueError as exc:
+                example = '{"model": {"2K": 0.0252}}'
+                raise ValueError(f"must be JSON like {example}: {exc}") from None
+        return parse_hints(value)
+
+    # --- end of the spend block ---
 
     _split_lists = field_validator(
         "webhook_secrets", "webhook_allowed_hosts", "webhook_retry_schedule", mode="before"

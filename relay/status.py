@@ -2,8 +2,10 @@
 
 The page is static HTML with a script that reads ``/status.json`` every two seconds. Every number
 on it is read from the same Prometheus registry that ``/metrics`` exports, so the page and the
-metrics cannot disagree. It shows idempotency keys, models, statuses, costs and error codes of
-recent results — never prompts, inputs, metadata or secrets.
+metrics cannot disagree; the spend budgets' section comes from the figures the budget gauges are
+set from (``relay.spend.monitor``), and draws the last hour's spend itself (inline SVG). It shows
+idempotency keys, models, statuses, costs and error codes of recent results, and budget rule names
+— never prompts, inputs, metadata (no tenant of a scoped budget) or secrets.
 """
 
 from __future__ import annotations
@@ -149,6 +151,16 @@ STATUS_PAGE_HTML = """<!doctype html>
  th,td{text-align:left;padding:6px 10px;border-bottom:1px solid #eee;font-size:13px}
  th{background:#eef0f4} h2{font-size:15px;margin:8px 0}
  #checks{font-size:13px} small{color:#667}
+ .budget{background:#fff;border-radius:8px;padding:8px 12px;box-shadow:0 1px 2px #0002;
+  margin:0 0 8px}
+ .budget .name{font-weight:600} .budget .txt{font-size:13px;color:#445}
+ .bar{position:relative;height:14px;background:#eef0f4;border-radius:7px;overflow:hidden;
+  margin:4px 0}
+ .bar>div{position:absolute;top:0;bottom:0}
+ .bar .spent{left:0;background:#2e9d5b} .bar .reserved{background:#9cc9ae}
+ .budget.warn .bar .spent{background:#d68910} .budget.full .bar .spent{background:#c0392b}
+ #spend_chart{background:#fff;border-radius:8px;box-shadow:0 1px 2px #0002}
+ #spend_chart rect{fill:#3c6fb4}
 </style></head><body>
 <header><h1>mindvideo-relay</h1><span id="ready" class="pill">…</span>
 <span id="checks"></span><small id="updated"></small></header>
@@ -168,6 +180,14 @@ STATUS_PAGE_HTML = """<!doctype html>
  <div class="card"><div class="v" id="spend_actual">–</div><div class="k">actual</div></div>
  <div class="card"><div class="v" id="spend_estimated">–</div><div class="k">estimated</div></div>
 </div></section>
+<section id="budgets"><h2>Spend budgets</h2>
+<p id="budgets_none" hidden><small>No spend budgets are set (RELAY_BUDGETS).</small></p>
+<div id="budget_bars"></div>
+<h2>Spend over the last hour (USD per minute, all relays)</h2>
+<svg id="spend_chart" width="600" height="110" viewBox="0 0 600 110" role="img"
+ aria-label="spend per minute over the last hour"></svg>
+<div><small id="spend_hour_total"></small></div>
+</section>
 <section><h2>Webhooks</h2><div class="cards">
  <div class="card"><div class="v" id="wh_delivered">–</div><div class="k">delivered</div></div>
  <div class="card"><div class="v" id="wh_pending">–</div><div class="k">pending retries</div></div>
@@ -205,6 +225,56 @@ function rows(id, items) {
   cells(id, items, r => [r.completed_at, r.idempotency_key, r.model || "", r.status,
                          r.cost_actual == null ? "" : fmt(r.cost_actual), r.error_code || ""]);
 }
+const SVG = "http://www.w3.org/2000/svg";
+function budgetRow(r) {
+  const row = document.createElement("div");
+  const limit = r.limit_usd, spent = r.spent_usd, reserved = r.reserved_usd;
+  const pct = v => limit > 0 ? Math.min(100, 100 * v / limit) : (v > 0 ? 100 : 0);
+  const used = pct(spent + reserved);
+  row.className = "budget" + (used >= 100 ? " full" : used >= 80 ? " warn" : "");
+  row.dataset.budget = r.name;
+  row.dataset.spentPct = pct(spent).toFixed(2);
+  row.dataset.usedPct = used.toFixed(2);
+  const name = document.createElement("div"); name.className = "name";
+  const scoped = r.scope === "global" ? "" : ` · fullest of ${r.instances} (${r.scope})`;
+  name.textContent = `${r.name} · ${r.window}${scoped}`;
+  const bar = document.createElement("div"); bar.className = "bar";
+  const s = document.createElement("div"); s.className = "spent"; s.style.width = pct(spent) + "%";
+  const q = document.createElement("div"); q.className = "reserved";
+  q.style.left = pct(spent) + "%"; q.style.width = Math.max(0, used - pct(spent)) + "%";
+  bar.append(s, q);
+  const txt = document.createElement("div"); txt.className = "txt";
+  const ends = new Date(r.window_end_s * 1000).toISOString().replace(".000Z", "Z");
+  txt.textContent = `${fmt(spent)} spent + ${fmt(reserved)} reserved of ${fmt(limit)} USD ` +
+    `(${used.toFixed(1)} %) · window ends ${ends} · ${r.held} held here`;
+  row.append(name, bar, txt);
+  return row;
+}
+function drawChart(points) {
+  const svg = document.getElementById("spend_chart");
+  const top = Math.max(0, ...points.map(p => p.usd));
+  const w = 600 / Math.max(1, points.length);
+  svg.replaceChildren(...points.map((p, i) => {
+    const h = top > 0 ? 100 * p.usd / top : 0;
+    const rect = document.createElementNS(SVG, "rect");
+    rect.setAttribute("x", (i * w + 1).toFixed(1)); rect.setAttribute("width", (w - 2).toFixed(1));
+    rect.setAttribute("y", (105 - h).toFixed(1)); rect.setAttribute("height", h.toFixed(1));
+    rect.dataset.usd = p.usd;
+    const title = document.createElementNS(SVG, "title");
+    title.textContent = new Date(p.minute_s * 1000).toISOString().slice(11, 16) + " UTC: " +
+      fmt(p.usd) + " USD";
+    rect.appendChild(title);
+    return rect;
+  }));
+}
+function renderBudgets(b) {
+  const configured = !!(b && b.configured);
+  document.getElementById("budgets_none").hidden = configured;
+  document.getElementById("budget_bars").replaceChildren(
+    ...(configured ? b.rules.map(budgetRow) : []));
+  drawChart(configured ? b.spend_last_hour : []);
+  set("spend_hour_total", configured ? "last hour: " + fmt(b.spend_last_hour_usd) + " USD" : "");
+}
 async function refresh() {
   try {
     const res = await fetch("status.json", {headers});
@@ -226,6 +296,7 @@ async function refresh() {
       e.success_rate == null ? "" : (e.success_rate * 100).toFixed(1) + "%",
       e.attempts, e.pending, e.in_flight,
       e.last_error ? e.last_error + " (" + e.last_error_at + ")" : ""]);
+    renderBudgets(s.budgets);
     rows("recent", s.recent_results);
     rows("failures", s.recent_failures);
     set("updated", "updated " + new Date().toLocaleTimeString());

@@ -16,6 +16,7 @@ import aiohttp
 import pytest
 
 from tests.deploy.test_dashboard import plain_promql
+from tests.spend.test_budgets_e2e import reconcile
 from tests.support.observability import (
     VARIED_SIM_ARGS,
     produce_varied_load,
@@ -33,6 +34,8 @@ from tests.support.services import (
 pytestmark = pytest.mark.integration
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
+# Spend budgets (issue 13): a budget that never binds, so its panels have data.
+BUDGETS = '[{"name": "all", "scope": "global", "window": "month", "limit_usd": 1000}]'
 DASHBOARD = DEPLOY / "grafana/dashboards/mindvideo-relay.json"
 ALERTS = DEPLOY / "alerts.yml"
 
@@ -80,7 +83,7 @@ async def test_metrics_pass_promtool_and_every_dashboard_query_returns_data(
     pipeline: Pipeline, topics: TopicFactory, unique: str, tmp_path: Path
 ) -> None:
     prometheus_bin, promtool_bin = _tool("prometheus"), _tool("promtool")
-    loaded = await start_loaded_relay(pipeline, topics, unique)
+    loaded = await start_loaded_relay(pipeline, topics, unique, RELAY_BUDGETS=BUDGETS)
     prom_port = free_port()
     config = tmp_path / "prometheus.yml"
     config.write_text(
@@ -108,6 +111,11 @@ async def test_metrics_pass_promtool_and_every_dashboard_query_returns_data(
         await wait_for_port("127.0.0.1", prom_port, 30.0, prometheus)
         produced = await produce_varied_load(pipeline, unique, rounds=30)
         assert produced > 30
+        await reconcile(pipeline, "10m")  # the relay exports the last drift: a panel shows it
+        deadline = time.monotonic() + 15
+        while await pipeline.metric(loaded.port, "relay_reconcile_last_run_timestamp_seconds") == 0:
+            assert time.monotonic() < deadline, "the relay exports the last reconciliation"
+            await asyncio.sleep(0.5)
 
         _, metrics_text = await pipeline.relay_get(loaded.port, "/metrics")
         promtool = await asyncio.create_subprocess_exec(
@@ -130,6 +138,11 @@ async def test_metrics_pass_promtool_and_every_dashboard_query_returns_data(
                 if up["data"]["result"] and float(up["data"]["result"][0]["value"][1]) >= 5:
                     break
                 await asyncio.sleep(1)
+            while time.monotonic() < deadline + 15:  # the last reconciliation, scraped
+                drift = await _query(session, base, "relay_reconcile_drift_usd")
+                if drift["data"]["result"]:
+                    break
+                await asyncio.sleep(0.5)
             failures = []
             queries = _dashboard_queries()
             for panel, expr in queries:

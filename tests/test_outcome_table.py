@@ -57,6 +57,17 @@ NEEDS_SERVICES = {
         "tests/pipeline/test_lifecycle_outcomes.py::"
         "test_a_record_the_relay_cannot_carry_through_is_dead_lettered_and_passed"
     ),
+    # Spend budgets and deadlines (issue 13)
+    "a spend budget that applies has no room, `RELAY_BUDGET_MODE=hold`": (
+        "tests/spend/test_budgets_e2e.py::test_hold_releases_held_requests_when_the_minute_rolls_over"
+    ),
+    "a spend budget that applies has no room, `RELAY_BUDGET_MODE=reject`": (
+        "tests/spend/test_budgets_e2e.py::"
+        "test_reject_mode_publishes_budget_exceeded_and_charges_nothing"
+    ),
+    "`expires_at` passed before the request was submitted": (
+        "tests/spend/test_budgets_e2e.py::test_expires_at_passing_while_held_is_expired_unsubmitted"
+    ),
 }
 
 
@@ -71,6 +82,9 @@ EXAMPLES: dict[str, list[tuple[bytes | None, bytes | None]]] = {
         (KEY, _body(webhook="https://hooks.example.com/")),
         (KEY, _body(model="m" * 201)),
         (KEY, _body(webhook_url="ftp://hooks.example.com/")),
+        (KEY, _body(expires_at="2026-11-25T19:00:00")),  # no timezone
+        (KEY, _body(expires_at="tomorrow")),
+        (KEY, _body(expires_at=1795633200)),
     ],
     "idempotency_key_mismatch": [(KEY, _body(idempotency_key="another-key"))],
     "invalid_record_key": [

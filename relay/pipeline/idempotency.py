@@ -14,6 +14,7 @@ batch: it only shortens a replay after a restart, and is never waited for.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Literal
@@ -48,6 +49,17 @@ table.insert(out, 1, 'existing')
 return out
 """
 
+
+# Record the submit only while the key is still claimed (or lost): states move forward only, and
+# of two owners that both submitted (a rebalance during a slow submit) exactly one records it and
+# is told so (1), so the task's estimate is counted once.
+_SUBMITTED_LUA = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if state and state ~= 'claimed' then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
+return 1
+"""
 
 # Set a marker field once; a hash created by it gets the retention like every other record.
 _MARK_ONCE_LUA = """
@@ -86,6 +98,7 @@ class IdempotencyRecord:
     cost_estimate: float | None = None
     submitted_at: str | None = None
     result: ResultRecord | None = None
+    model: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +116,7 @@ class IdempotencyStore:
         self._retention_s = retention_s
         self._claim = redis.register_script(_CLAIM_LUA)
         self._write_script = redis.register_script(_WRITE_LUA)
+        self._submitted = redis.register_script(_SUBMITTED_LUA)
         self._mark_once = redis.register_script(_MARK_ONCE_LUA)
         self._batcher = RedisBatcher(redis)
         self._event_ids: dict[str, str] = {}
@@ -133,13 +147,19 @@ class IdempotencyStore:
         request_id: str | None,
         cost_estimate: float | None,
         submitted_at: str,
-    ) -> None:
+    ) -> bool:
+        """Record the task; whether this call did (``False``: another owner recorded it first)."""
         fields = {"state": KeyState.SUBMITTED, "task_id": task_id, "submitted_at": submitted_at}
         if request_id is not None:
             fields["request_id"] = request_id
         if cost_estimate is not None:
             fields["cost_estimate"] = repr(cost_estimate)
-        await self._write(idempotency_key, fields)
+        keys = [self.key(idempotency_key)]
+        args: list[str | int] = [self._retention_s, *(v for pair in fields.items() for v in pair)]
+        first = await self._batcher.call(
+            lambda pipe: self._submitted(keys=keys, args=args, client=pipe)
+        )
+        return bool(first)
 
     async def mark_event(self, idempotency_key: str, last_event_id: str) -> None:
         """Remember where the task's event stream got to; written behind, not waited for.
@@ -203,10 +223,44 @@ class IdempotencyStore:
             return None
         return _record({_text(k): _text(v) for k, v in raw.items()})
 
+    async def in_flight(self, batch: int = 500) -> AsyncIterator[tuple[str, IdempotencyRecord]]:
+        """Every key whose task is submitted but whose result is not published yet (``submitted``
+        or ``terminal``), for ``relay reconcile``: a SCAN (never blocking Redis) over the store's
+        keys, read in pipelines of ``batch``."""
+        head = f"{self._prefix}:idem:{{"
+        pattern = _glob_escape(head) + "*"
+        keys: list[str] = []
+        async for raw in self._redis.scan_iter(match=pattern, count=1000):
+            keys.append(_text(raw))
+            if len(keys) >= batch:
+                async for found in self._read_in_flight(keys, head):
+                    yield found
+                keys = []
+        async for found in self._read_in_flight(keys, head):
+            yield found
+
+    async def _read_in_flight(
+        self, keys: list[str], head: str
+    ) -> AsyncIterator[tuple[str, IdempotencyRecord]]:
+        if not keys:
+            return
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.hgetall(key)
+            replies = await pipe.execute()
+        for key, raw in zip(keys, replies, strict=True):
+            fields = {_text(k): _text(v) for k, v in raw.items()}
+            if fields.get("state") in (KeyState.SUBMITTED, KeyState.TERMINAL):
+                yield key.removeprefix(head).removesuffix("}"), _record(fields)
+
     async def _write(self, idempotency_key: str, fields: dict[str, str]) -> None:
         keys = [self.key(idempotency_key)]
         args: list[str | int] = [self._retention_s, *(v for pair in fields.items() for v in pair)]
         await self._batcher.call(lambda pipe: self._write_script(keys=keys, args=args, client=pipe))
+
+
+def _glob_escape(text: str) -> str:
+    return "".join(f"\\{c}" if c in "*?[]\\" else c for c in text)
 
 
 def _text(value: bytes | str) -> str:
@@ -224,4 +278,5 @@ def _record(fields: dict[str, str]) -> IdempotencyRecord:
         cost_estimate=float(estimate) if estimate else None,
         submitted_at=fields.get("submitted_at"),
         result=ResultRecord.model_validate_json(result) if result else None,
+        model=fields.get("model"),
     )

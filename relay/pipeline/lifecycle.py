@@ -4,12 +4,14 @@ one table that says what every (stage, error) pair leads to.
 A record moves through the stages in order; each stage is one step (``relay.pipeline.steps``) and
 returns the next stage::
 
-    DECODE ─► REFUSE ─────────────────────────────────────────► DONE   (a record-level rejection)
-       └────► CLAIM ─► SUBMIT ─► FOLLOW ─► PUBLISH ─► MARK ─► DONE
-                 └──────────────────────────► PUBLISH                   (conflict, stored result)
+    DECODE ─► REFUSE ───────────────────────────────────────────────────► DONE   (record-level)
+       └────► CLAIM ─► RESERVE ─► SUBMIT ─► FOLLOW ─► PUBLISH ─► MARK ─► DONE
+                 └───────────────────────────────────► PUBLISH           (conflict, stored result)
 
 A claim resumes where the key's Redis state (``KeyState``) says the request stands: ``claimed`` →
-SUBMIT, ``submitted`` → FOLLOW, ``terminal`` → PUBLISH, ``published``/``rejected`` → DONE.
+RESERVE, ``submitted`` → FOLLOW, ``terminal`` → PUBLISH, ``published``/``rejected`` → DONE.
+RESERVE takes room in the spend budgets (``relay.spend``); SUBMIT goes back to it when the
+reservation lapsed while the request waited (an outage, the closed credentials gate).
 
 When a step raises, the error's class is sorted into an ``ErrorKind`` and ``TABLE`` gives the
 ``Action``; the dispatcher (``relay.pipeline.processor``) carries it out. A kind a stage does not
@@ -22,13 +24,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum, StrEnum
 
-from relay.exceptions import FollowTimeout, OperatorError, RequestRejected
-from relay.models import RequestRecord, ResultError, ResultRecord
+from relay.exceptions import BudgetHeld, FollowTimeout, OperatorError, RequestRejected
+from relay.models import RequestRecord, ResultError, ResultRecord, TaskSnapshot
 from relay.pipeline.consumer import SourceRecord
 from relay.pipeline.decode import DeadLetter
 from relay.pipeline.idempotency import IdempotencyRecord, KeyState
 from relay.pipeline.results import FOLLOW_TIMEOUT_CODE, TASK_LOST_CODE
 from relay.retry import is_outage
+from relay.spend.ledger import Reservation
 
 INTERNAL_ERROR_REASON = "internal_error"
 KEY_IN_USE_REASON = "key_in_use"
@@ -40,6 +43,7 @@ class Stage(StrEnum):
     DECODE = "decode"  # the record's bytes → a request, a rejection or a dead letter
     REFUSE = "refuse"  # publish a rejection decided from the record alone (or dead-letter it)
     CLAIM = "claim"  # claim the key in Redis, or learn where its request stands
+    RESERVE = "reserve"  # reserve the expected cost in every spend budget that applies
     SUBMIT = "submit"  # create the task (Idempotency-Key) and record it, as one piece
     FOLLOW = "follow"  # follow the task to its end; store the result
     PUBLISH = "publish"  # write the result to the results topic
@@ -52,7 +56,8 @@ class ErrorKind(StrEnum):
 
     OUTAGE = "outage"  # MindVideo, Redis or Kafka unavailable: network, 5xx, 429, ...
     CREDENTIALS = "credentials"  # MindVideo refuses the operator's key or credit: 401/402/403
-    REFUSED = "refused"  # MindVideo's final 4xx (RequestRejected)
+    REFUSED = "refused"  # MindVideo's final 4xx, a budget in reject mode, a deadline passed
+    HELD = "held"  # a spend budget has no room yet (BudgetHeld)
     TIMED_OUT = "timed_out"  # the task is not terminal RELAY_TASK_TIMEOUT_S after its submit
     UNEXPECTED = "unexpected"  # anything else
 
@@ -62,7 +67,8 @@ class Action(Enum):
 
     RETRY = "retry"  # back off (jittered, counted) and run the step again, for as long as it lasts
     CLOSE_GATE = "close gate"  # close the credentials gate, wait until it opens, run the step again
-    REJECT = "reject"  # publish request.rejected with MindVideo's code (nothing was charged)
+    REJECT = "reject"  # publish request.rejected with the error's code (nothing was charged)
+    HOLD = "hold"  # wait, parked and counted as held, until the budget may have room; run again
     FAIL = "fail"  # publish task.failed with the outcome's code
     DEAD_LETTER = "dead-letter"  # retry (bounded), then dead-letter the record as internal_error
 
@@ -83,9 +89,16 @@ TABLE: dict[Stage, dict[ErrorKind, Outcome]] = {
     Stage.DECODE: {},
     Stage.REFUSE: {ErrorKind.OUTAGE: RETRY},
     Stage.CLAIM: {ErrorKind.OUTAGE: RETRY},
+    Stage.RESERVE: {
+        ErrorKind.OUTAGE: RETRY,
+        # RELAY_BUDGET_MODE=reject (budget_exceeded), or expires_at passed (expired).
+        ErrorKind.REFUSED: Outcome(Action.REJECT),
+        ErrorKind.HELD: Outcome(Action.HOLD),
+    },
     Stage.SUBMIT: {
         ErrorKind.OUTAGE: RETRY,
         ErrorKind.CREDENTIALS: CLOSE_GATE,
+        # MindVideo's final 4xx, or expires_at passed before anything may have been created.
         ErrorKind.REFUSED: Outcome(Action.REJECT),
     },
     Stage.FOLLOW: {
@@ -103,6 +116,9 @@ TABLE: dict[Stage, dict[ErrorKind, Outcome]] = {
 
 # Stages that talk to MindVideo wait while the credentials gate is closed.
 NEEDS_MINDVIDEO = frozenset({Stage.SUBMIT, Stage.FOLLOW})
+# Stages where a request past its expires_at is rejected (it has not been submitted yet), and
+# whose waits (outages, the gate, a budget) end at that moment.
+BEFORE_SUBMIT = frozenset({Stage.RESERVE, Stage.SUBMIT})
 
 
 def classify(exc: BaseException) -> ErrorKind:
@@ -113,6 +129,8 @@ def classify(exc: BaseException) -> ErrorKind:
         return ErrorKind.REFUSED
     if isinstance(exc, FollowTimeout):
         return ErrorKind.TIMED_OUT
+    if isinstance(exc, BudgetHeld):
+        return ErrorKind.HELD
     if is_outage(exc):
         return ErrorKind.OUTAGE
     return ErrorKind.UNEXPECTED
@@ -142,8 +160,28 @@ class Work:
     marker: str | None = None  # remembered once published, so a replay does not publish again
     mark: KeyState | None = None  # the key's state once the result is published
     submit_started_s: float | None = None
+    resumed_claim: bool = False  # the key was claimed before: an earlier submit may have run
+    reservation: Reservation | None = None  # room held in the budgets until the task is created
+    held_since_s: float | None = None  # when a budget first held the request (unix seconds)
+    held_by: tuple[str, str] | None = None  # (budget, window) counting it as held meanwhile
+    # A submit may have reached MindVideo (a timeout, a 5xx): expires_at no longer applies, the
+    # request is followed through with its Idempotency-Key instead of claimed to cost nothing.
+    maybe_submitted: bool = False
+    recorded: bool = False  # this process wrote the submit to Redis (a retry does not submit)
+    snapshot: TaskSnapshot | None = None  # MindVideo's answer to the submit, until charged
+    counts_cost: bool = False  # this process counts the task's estimate (first to record it)
+    charged: bool = False  # the estimate is counted (metrics, budgets): done with the submit
     failures: int = 0  # unexpected errors so far (bounded by RELAY_RECORD_MAX_ATTEMPTS)
     outages: int = 0  # outage retries of the current step (the backoff grows with them)
+
+    def expirable(self) -> bool:
+        """Whether ``expires_at`` still applies: set, and nothing may have been submitted."""
+        return (
+            self.request is not None
+            and self.request.expires_at is not None
+            and not self.maybe_submitted
+            and not self.recorded
+        )
 
     def reject(self, code: str, message: str) -> None:
         """MindVideo refused the request for good: publish ``request.rejected``."""

@@ -6,6 +6,9 @@ conflict) are retried up to ``max_attempts`` tries per call by the relay's one `
 request lifecycle) holds the request and tries again. The ``Idempotency-Key`` header makes a
 retried submit safe. 401/402/403 raise ``OperatorError``; any
 other 4xx raises ``RequestRejected`` carrying MindVideo's own code and message.
+
+A submit MindVideo answers as a replay (``Idempotent-Replayed: true``) of a task created before the
+call (not by an earlier try of the same call) is marked on its snapshot (``idempotent_replayed``).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ log = logging.getLogger(__name__)
 
 OPERATOR_STATUSES = frozenset({401, 402, 403})
 RETRYABLE_4XX = frozenset({408, 409, 425, 429})
+REPLAYED_HEADER = "Idempotent-Replayed"
 T = TypeVar("T")
 Sleep = Callable[[float], Awaitable[None]]
 
@@ -101,9 +105,21 @@ class MindVideoClient:
             "Idempotency-Key": idempotency_key,
         }
 
+        sent_before = False  # whether an earlier try of this call may have created the task
+
         async def once() -> TaskSnapshot:
-            data = await self._call("submit", "POST", f"{self._base}/tasks", headers, body)
-            return _snapshot(data)
+            nonlocal sent_before
+            try:
+                data, replayed = await self._exchange(
+                    "submit", "POST", f"{self._base}/tasks", headers, body
+                )
+            except RetryableError as exc:
+                sent_before = sent_before or exc.maybe_sent
+                raise
+            snapshot = _snapshot(data)
+            if replayed and not sent_before:  # created before this call, not by a try of it
+                return snapshot.model_copy(update={"idempotent_replayed": True})
+            return snapshot
 
         return await self._retrying("submit", once)
 
@@ -154,12 +170,16 @@ class MindVideoClient:
             raise StreamUnavailable(f"event stream broke: {exc!r}") from exc
 
     async def _retrying(self, operation: str, once: Callable[[], Awaitable[T]]) -> T:
-        attempt = 1
+        """``once`` until it succeeds or the policy gives up; the error raised then says whether
+        any of the tries may have reached MindVideo (``maybe_sent``)."""
+        attempt, sent = 1, False
         while True:
             try:
                 return await once()
             except RetryableError as exc:
+                sent = sent or exc.maybe_sent
                 if not self._retry.allows(attempt, exc):
+                    exc.maybe_sent = sent
                     raise
                 self._metrics.mindvideo_retries.labels(operation).inc()
                 log.info(
@@ -178,6 +198,18 @@ class MindVideoClient:
         headers: dict[str, str],
         body: bytes | None = None,
     ) -> Any:
+        data, _ = await self._exchange(operation, method, url, headers, body)
+        return data
+
+    async def _exchange(
+        self,
+        operation: str,
+        method: str,
+        url: str,
+        headers: dict[str, str],
+        body: bytes | None = None,
+    ) -> tuple[Any, bool]:
+        """One request: the JSON answer and whether MindVideo says it replayed an earlier one."""
         try:
             async with self._session.request(
                 method, url, headers=headers, data=body, timeout=self._timeout
@@ -185,13 +217,20 @@ class MindVideoClient:
                 raw = await resp.read()
                 status = resp.status
                 retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+                replayed = resp.headers.get(REPLAYED_HEADER, "").strip().lower() == "true"
+        except aiohttp.ClientConnectorError as exc:
+            # No connection was made: the request cannot have had any effect.
+            self._metrics.mindvideo_responses.labels(operation, "error").inc()
+            raise RetryableError(
+                f"{method} {url}: {exc!r}", reason="connect", maybe_sent=False
+            ) from exc
         except (aiohttp.ClientError, TimeoutError) as exc:
             self._metrics.mindvideo_responses.labels(operation, "error").inc()
             raise RetryableError(f"{method} {url}: {exc!r}", reason="network") from exc
         self._metrics.mindvideo_responses.labels(operation, _code_class(status)).inc()
         if 200 <= status < 300:
             try:
-                return json.loads(raw)
+                return json.loads(raw), replayed
             except ValueError as exc:
                 raise RetryableError(
                     f"{operation}: MindVideo answered non-JSON {status}", reason="bad_response"
@@ -204,7 +243,10 @@ class MindVideoClient:
         if status >= 500 or status in RETRYABLE_4XX:
             reason = "http_5xx" if status >= 500 else "http_429" if status == 429 else "http_4xx"
             raise RetryableError(
-                f"{operation}: {status} {code}", retry_after_s=retry_after, reason=reason
+                f"{operation}: {status} {code}",
+                retry_after_s=retry_after,
+                reason=reason,
+                maybe_sent=status != 429,  # a 429 is refused before anything happens
             )
         raise RequestRejected(code, message)
 

@@ -34,8 +34,14 @@ class OutcomeRecorder:
         ``resubmitted``."""
         self._metrics.dedupe_hits.labels(outcome).inc()
 
-    def submitted(self, model: str, snapshot: TaskSnapshot, latency_s: float) -> None:
+    def submitted(
+        self, model: str, snapshot: TaskSnapshot, latency_s: float, *, count: bool = True
+    ) -> None:
+        """A submit is recorded. ``count``: this is the one count of the task and its estimate
+        (not when another owner recorded it, or it replays a task counted when it was made)."""
         self._metrics.submit_latency.observe(latency_s)
+        if not count:
+            return
         self._metrics.tasks_submitted.labels(model).inc()
         if snapshot.cost_estimate is not None:
             self._metrics.cost_estimated.labels(model).inc(snapshot.cost_estimate)

@@ -5,9 +5,11 @@ It decides nothing itself: ``relay.pipeline.steps`` does the work of each stage 
 ``relay.pipeline.lifecycle.TABLE`` says what an error leads to. ``process`` returns once the
 record is done with, whatever happened, so no record can hold its partition's commits: outages are
 waited out (a request held by one is never rejected: a submit that timed out may have been
-charged), credential problems close the gate, and anything unexpected is tried again a bounded
-number of times and then dead-lettered as ``internal_error``. Only a handover (cancellation) ends
-it early, leaving the record to the next owner.
+charged), credential problems close the gate, a spend budget at its cap holds the request, and
+anything unexpected is tried again a bounded number of times and then dead-lettered as
+``internal_error``. Only a handover (cancellation) ends it early, leaving the record to the next
+owner. A request with ``expires_at`` that has not been submitted stops waiting (an outage, the
+gate, a budget) at that moment; its step then rejects it as ``expired``.
 
 Traced (``relay.tracing``), a record is one ``consume`` span, a child of the producer's
 ``traceparent``, and each try of a traced step is a span inside it: a retried step shows as
@@ -18,16 +20,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager, suppress
 
-from relay.exceptions import OperatorError, RequestRejected
+from relay.exceptions import BudgetHeld, OperatorError, RequestRejected
 from relay.pipeline.consumer import SourceRecord
 from relay.pipeline.gate import CredentialGate
 from relay.pipeline.handover import Handover
-from relay.pipeline.lifecycle import NEEDS_MINDVIDEO, Action, Outcome, Stage, Work, outcome_for
+from relay.pipeline.lifecycle import (
+    BEFORE_SUBMIT,
+    NEEDS_MINDVIDEO,
+    Action,
+    Outcome,
+    Stage,
+    Work,
+    outcome_for,
+)
 from relay.pipeline.steps import RequestSteps
 from relay.retry import RetryPolicy, is_outage
+from relay.spend.guard import BudgetGuard
 from relay.tracing.spans import NO_TRACING, Span, Tracing
 
 log = logging.getLogger(__name__)
@@ -48,13 +60,18 @@ class RequestProcessor:
         handover: Handover,
         retry: RetryPolicy,
         tracing: Tracing = NO_TRACING,
+        budget: BudgetGuard | None = None,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
-        """``retry``: outages without a bound, anything unexpected up to its ``max_attempts``."""
+        """``retry``: outages without a bound, anything unexpected up to its ``max_attempts``.
+        ``budget``: where a request held at a budget's cap waits (``None``: no budgets)."""
         self._steps = steps
         self._gate = gate
         self._handover = handover
         self._retry = retry
         self._tracing = tracing
+        self._budget = budget
+        self._wall_clock = wall_clock
         self._key_locks: dict[str, tuple[asyncio.Lock, int]] = {}
 
     async def process(self, source: SourceRecord) -> None:
@@ -72,9 +89,19 @@ class RequestProcessor:
 
     async def _advance(self, stage: Stage, work: Work) -> Stage:
         """Run ``stage``'s step until it gives the next stage or the table moves elsewhere."""
+        try:
+            return await self._run(stage, work)
+        finally:
+            if work.held_by is not None:  # the request leaves a budget's hold, however it does
+                assert self._budget is not None
+                assert work.held_since_s is not None
+                self._budget.end_hold(work.held_by, work.held_since_s)
+                work.held_by, work.held_since_s = None, None
+
+    async def _run(self, stage: Stage, work: Work) -> Stage:
         while True:
             if stage in NEEDS_MINDVIDEO:
-                await self._wait_at_gate()
+                await self._wait_at_gate(self._deadline_s(stage, work))
             try:
                 next_stage = await self._run_step(stage, work)
             except Exception as exc:  # noqa: BLE001 (every error is the table's to decide)
@@ -106,7 +133,22 @@ class RequestProcessor:
             case Action.RETRY:
                 work.outages += 1
                 log.warning("dependency unavailable, holding the request", extra=context)
-                await self._retry.pause(work.outages, exc)
+                deadline_s = self._deadline_s(stage, work)
+                if deadline_s is None:
+                    await self._retry.pause(work.outages, exc)
+                else:  # the wait ends at expires_at: the step then rejects the request
+                    with suppress(TimeoutError):
+                        left_s = max(0.0, deadline_s - self._wall_clock())
+                        await asyncio.wait_for(self._retry.pause(work.outages, exc), left_s)
+                return None
+            case Action.HOLD:
+                assert isinstance(exc, BudgetHeld)
+                assert self._budget is not None
+                if work.held_by is None:  # counted as held from now until it leaves the stage
+                    work.held_since_s = self._wall_clock()
+                    work.held_by = self._budget.begin_hold(exc, work.held_since_s)
+                async with self._handover.parked():  # on shutdown: handed back at once
+                    await self._budget.hold(exc, deadline_s=self._deadline_s(stage, work))
                 return None
             case Action.CLOSE_GATE:
                 assert isinstance(exc, OperatorError)
@@ -165,14 +207,25 @@ class RequestProcessor:
                 attempt += 1
                 await self._retry.pause(attempt, failed)
 
-    async def _wait_at_gate(self) -> None:
+    async def _wait_at_gate(self, deadline_s: float | None) -> None:
         """Wait while MindVideo refuses the operator's credentials (parked: on shutdown this
-        work is handed back at once, since it cannot move)."""
+        work is handed back at once, since it cannot move), or until ``deadline_s``."""
         if self._gate.is_open:
             return
         async with self._handover.parked():
             while not self._gate.is_open:
-                await self._gate.wait_open_for(GATE_CHECK_INTERVAL_S)
+                wait_s = GATE_CHECK_INTERVAL_S
+                if deadline_s is not None:
+                    wait_s = min(wait_s, deadline_s - self._wall_clock())
+                    if wait_s <= 0:
+                        return  # expired: the step rejects it without calling MindVideo
+                await self._gate.wait_open_for(wait_s)
+
+    def _deadline_s(self, stage: Stage, work: Work) -> float | None:
+        """When ``work``'s waits at ``stage`` must end (``expires_at``), if they must."""
+        if stage not in BEFORE_SUBMIT or not work.expirable() or work.request is None:
+            return None
+        return work.request.deadline_s
 
     @asynccontextmanager
     async def _key_lock(self, key: str | None) -> AsyncIterator[None]:

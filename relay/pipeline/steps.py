@@ -15,8 +15,10 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import TypeVar
 
+from relay.exceptions import OperatorError, RequestExpired, RequestRejected, RetryableError
 from relay.models import (
     DEFAULT_MAX_JSON_DEPTH,
+    RequestRecord,
     ResultRecord,
     payload_fingerprint,
     rejection,
@@ -31,6 +33,7 @@ from relay.pipeline.mindvideo import MindVideoClient
 from relay.pipeline.outcomes import OutcomeRecorder
 from relay.pipeline.publisher import ResultPublisher
 from relay.pipeline.results import failed_result, terminal_result
+from relay.spend.guard import BudgetGuard
 from relay.tracing.spans import NO_TRACING, Tracing
 
 log = logging.getLogger(__name__)
@@ -57,7 +60,9 @@ class RequestSteps:
         max_json_depth: int = DEFAULT_MAX_JSON_DEPTH,
         wall_clock: Callable[[], float] = time.time,
         tracing: Tracing = NO_TRACING,
+        budget: BudgetGuard | None = None,
     ) -> None:
+        """``budget``: the spend budgets, ``None`` when ``RELAY_BUDGETS`` sets none."""
         self._store = store
         self._tracing = tracing
         self._client = client
@@ -70,10 +75,12 @@ class RequestSteps:
         self._max_json_depth = max_json_depth
         self._task_timeout_s = task_timeout_s
         self._wall_clock = wall_clock
+        self._budget = budget
         self._steps: dict[Stage, Step] = {
             Stage.DECODE: self.decode,
             Stage.REFUSE: self.refuse,
             Stage.CLAIM: self.claim,
+            Stage.RESERVE: self.reserve,
             Stage.SUBMIT: self.submit,
             Stage.FOLLOW: self.follow,
             Stage.PUBLISH: self.publish,
@@ -153,7 +160,7 @@ class RequestSteps:
             return Stage.PUBLISH
         known = claim.record
         if known is None:
-            return Stage.SUBMIT
+            return Stage.RESERVE
         if known.state in (KeyState.PUBLISHED, KeyState.REJECTED):
             self._outcomes.dedupe("published")
             log.info("duplicate request, result already published", extra={"idempotency_key": key})
@@ -165,28 +172,74 @@ class RequestSteps:
         if known.state == KeyState.SUBMITTED and known.task_id is not None:
             self._outcomes.dedupe("resumed")
             log.info("resuming task", extra={"idempotency_key": key, "task_id": known.task_id})
+            if self._budget is not None:
+                # The previous owner may have stopped between recording the task and charging it.
+                await self._budget.charge_resumed(key, known.cost_estimate)
             work.known, work.last_event_id = known, known.last_event_id
             return Stage.FOLLOW
         self._outcomes.dedupe("resubmitted")
+        work.resumed_claim = True
+        return Stage.RESERVE
+
+    async def reserve(self, work: Work) -> Stage:
+        """Take room for the request's expected cost in every spend budget that applies."""
+        key, rec = _require(work.key), _require(work.request)
+        await self._refuse_if_expired(work, rec)
+        if self._budget is not None and work.reservation is None:
+            work.reservation = await self._budget.reserve(key, rec)
         return Stage.SUBMIT
 
     async def submit(self, work: Work) -> Stage:
-        """Create the task and record it as one piece (never cut apart by a handover)."""
+        """Create the task, record it and charge its estimate as one piece (never cut apart by a
+        handover); a retry after the task was recorded only finishes the charge."""
         key, rec = _require(work.key), _require(work.request)
+        if not work.recorded:
+            await self._refuse_if_expired(work, rec)
+            res = work.reservation
+            if res is not None and self._budget and not await self._budget.refresh(res):
+                work.reservation = None  # it lapsed while the request waited: reserve again
+                return Stage.RESERVE
         if work.submit_started_s is None:
             work.submit_started_s = time.monotonic()
         async with self._handover.submit_section():
-            snapshot = await self._client.submit(key, rec.model, rec.input)
-            submitted_at = utc_now_iso()
-            await self._store.mark_submitted(
-                key,
-                task_id=snapshot.task_id,
-                request_id=snapshot.request_id,
-                cost_estimate=snapshot.cost_estimate,
-                submitted_at=submitted_at,
-            )
-        self._outcomes.submitted(rec.model, snapshot, time.monotonic() - work.submit_started_s)
-        log.info("task submitted", extra={"idempotency_key": key, "task_id": snapshot.task_id})
+            if not work.recorded:
+                await self._create_and_record(work, key, rec)
+            if not work.charged:
+                await self._charge(work, rec)
+        known = _require(work.known)
+        log.info("task submitted", extra={"idempotency_key": key, "task_id": known.task_id})
+        return Stage.FOLLOW
+
+    async def _create_and_record(self, work: Work, key: str, rec: RequestRecord) -> None:
+        """POST the task (the reservation kept alive meanwhile) and record it in Redis."""
+        before = work.maybe_submitted
+        work.maybe_submitted = True
+        try:
+            if self._budget is not None:
+                async with self._budget.keep_alive(work.reservation):
+                    snapshot = await self._client.submit(key, rec.model, rec.input)
+            else:
+                snapshot = await self._client.submit(key, rec.model, rec.input)
+        except BaseException as exc:
+            work.maybe_submitted = before or _may_have_created(exc)
+            if isinstance(exc, RequestRejected):
+                await self._give_back(work)  # refused: nothing was created
+            raise
+        submitted_at = utc_now_iso()
+        first = await self._store.mark_submitted(
+            key,
+            task_id=snapshot.task_id,
+            request_id=snapshot.request_id,
+            cost_estimate=snapshot.cost_estimate,
+            submitted_at=submitted_at,
+        )
+        # Counted once per task: by the owner that records it, unless MindVideo says the submit
+        # replays a task that neither this request's earlier tries nor an earlier claim of the
+        # key that never recorded its submit (a crash between the two) can have created: the key
+        # was claimed afresh after its record was lost, and the task was counted when it was made.
+        foreign = snapshot.idempotent_replayed and not before and not work.resumed_claim
+        work.recorded, work.snapshot = True, snapshot
+        work.counts_cost = first and not foreign
         work.known = IdempotencyRecord(
             state=KeyState.SUBMITTED,
             task_id=snapshot.task_id,
@@ -194,7 +247,36 @@ class RequestSteps:
             cost_estimate=snapshot.cost_estimate,
             submitted_at=submitted_at,
         )
-        return Stage.FOLLOW
+
+    async def _charge(self, work: Work, rec: RequestRecord) -> None:
+        """Count the task's estimate once: in the budgets (the reservation becomes it) and in the
+        metrics; a task someone else counts gives its reservation back."""
+        snapshot = _require(work.snapshot)
+        reservation = work.reservation
+        if self._budget is not None and reservation is not None:
+            if work.counts_cost:
+                await self._budget.charge(reservation, snapshot)
+            else:
+                await self._budget.release(reservation)
+        latency_s = time.monotonic() - (work.submit_started_s or time.monotonic())
+        self._outcomes.submitted(rec.model, snapshot, latency_s, count=work.counts_cost)
+        work.reservation, work.snapshot, work.charged = None, None, True
+
+    async def _refuse_if_expired(self, work: Work, rec: RequestRecord) -> None:
+        """Reject a request whose ``expires_at`` passed before anything was submitted."""
+        deadline_s = rec.deadline_s
+        if not work.expirable() or deadline_s is None or self._wall_clock() < deadline_s:
+            return
+        await self._give_back(work)
+        raise RequestExpired(
+            f"expires_at {rec.expires_at} passed before the request was submitted; "
+            "nothing was charged"
+        )
+
+    async def _give_back(self, work: Work) -> None:
+        if self._budget is not None and work.reservation is not None:
+            await self._budget.release(work.reservation)
+        work.reservation = None
 
     async def follow(self, work: Work) -> Stage:
         """Follow the task to its end, for what is left of its time since the submit."""
@@ -208,6 +290,8 @@ class RequestSteps:
         snapshot = await self._follower.follow(
             task_id, work.last_event_id, remember, timeout_s=self.time_left_s(known)
         )
+        if self._budget is not None:
+            await self._budget.settle(key, known.cost_estimate, snapshot.cost_actual)
         result = terminal_result(key, rec, known, snapshot)
         body = result.to_json_bytes()  # encoded once: stored, then published as is
         await self._store.mark_terminal(key, body)
@@ -288,6 +372,15 @@ class RequestSteps:
         await self._publisher.dead_letter(
             source, reason, message, value=work.raw, extra_headers=extra or []
         )
+
+
+def _may_have_created(exc: BaseException) -> bool:
+    """Whether a failed submit may still have created the task at MindVideo."""
+    if isinstance(exc, RequestRejected | OperatorError):
+        return False  # MindVideo answered with a refusal: nothing was created
+    if isinstance(exc, RetryableError):
+        return exc.maybe_sent
+    return True  # cancelled mid-call, or unknown: assume it may have
 
 
 def _require(value: T | None) -> T:

@@ -36,6 +36,9 @@ Guesses (where MindVideo's API page is silent, this is what the simulator does):
 - ``POST /_sim/forget {"task_ids": [...]}`` makes MindVideo forget tasks (a purge, a key moved to
   another account): they answer 404, their event streams end without a terminal event, their
   idempotency keys are free again; their charges stay on the ledger (status ``unknown``).
+- ``POST /_sim/tasks/{task_id}/reprice {"cost_usd": 0.05}`` changes what a task costs after the
+  fact (estimate, actual cost and ledger charge), as a billing correction would: the relay is not
+  told, and ``relay reconcile`` should find the drift.
 - Unknown routes answer 404 ``not_found`` and wrong methods 405 ``method_not_allowed``.
 """
 
@@ -90,6 +93,7 @@ def build_app(config: SimConfig, *, clock: Clock | None = None) -> web.Applicati
     app.router.add_post("/_sim/keys", internal.post_keys)
     app.router.add_post("/_sim/reset", internal.post_reset)
     app.router.add_post("/_sim/forget", internal.post_forget)
+    app.router.add_post("/_sim/tasks/{task_id}/reprice", internal.post_reprice)
     app.router.add_get("/_sim/stats", internal.get_stats)
     app.router.add_get(IMAGE_ROUTE_PATTERN, internal.get_image)
     return app

@@ -33,6 +33,9 @@ class FaultConfig(BaseModel):
     retry_after_s: int = Field(default=1, ge=0, le=3600)
     rate_5xx: Share = 0.0
     latency_ms: float = Field(default=0.0, ge=0.0, le=60_000.0)
+    # Added after the handler ran: the request took effect (a task created and charged), only
+    # its answer is late; a client that gives up meanwhile never learns of it.
+    reply_delay_ms: float = Field(default=0.0, ge=0.0, le=60_000.0)
     stream_drop_rate: Share = 0.0
 
     @model_validator(mode="after")
@@ -96,3 +99,7 @@ class FaultInjector:
     @property
     def latency_s(self) -> float:
         return self._config.latency_ms / 1000.0
+
+    @property
+    def reply_delay_s(self) -> float:
+        return self._config.reply_delay_ms / 1000.0

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from relay.sim.api import read_json_object
 from relay.sim.images import task_image_png
 from relay.sim.keys import KeyChange
-from relay.sim.ledger import actual_cost
+from relay.sim.ledger import COST_QUANTUM_USD, actual_cost
 from relay.sim.state import STATE
 from relay.sim.wire import ApiError, ChargeBody, ErrorDetail, LedgerBody, iso_ts, json_body
 
@@ -117,6 +117,24 @@ async def post_forget(request: web.Request) -> web.StreamResponse:
         raise ApiError(422, "invalid_request", "task_ids: a list of task ids is required")
     store = request.app[STATE].store
     return web.json_response({"forgotten": [t for t in task_ids if store.forget(t)]})
+
+
+async def post_reprice(request: web.Request) -> web.StreamResponse:
+    """``POST /_sim/tasks/{task_id}/reprice`` ``{"cost_usd": 0.05}``: MindVideo changes what the
+    task costs after the fact (its estimate, its actual cost once succeeded, and its charge on the
+    ledger), as a billing correction would; ``relay reconcile`` should notice."""
+    state = request.app[STATE]
+    task = state.store.tasks.get(request.match_info["task_id"])
+    body = await read_json_object(request)
+    cost = body.get("cost_usd")
+    if not isinstance(cost, int | float) or isinstance(cost, bool) or cost < 0:
+        raise ApiError(422, "invalid_request", "cost_usd: a number of USD, 0 or more, is required")
+    if task is None:
+        raise ApiError(404, "task_not_found", "no such task")
+    amount = Decimal(str(cost)).quantize(COST_QUANTUM_USD)
+    task.cost_estimate_usd = amount
+    state.ledger.reprice(task.task_id, amount)
+    return web.json_response({"task_id": task.task_id, "cost_usd": float(amount)})
 
 
 async def get_stats(request: web.Request) -> web.StreamResponse:

@@ -1,7 +1,9 @@
 """Cross-cutting request handling: request ids, stats, JSON errors, and the ``/api/v1`` gate.
 
 The gate runs, in order: added latency, bearer-key auth (401), then the 429/5xx faults. All of
-that happens before a handler runs, so a refused request never creates or charges anything.
+that happens before a handler runs, so a refused request never creates or charges anything. A
+reply delay (``reply_delay_ms``) is added after the handler: the request took effect, its answer
+is late.
 ``/_sim/`` routes bypass the gate: no auth, no faults.
 """
 
@@ -67,7 +69,10 @@ async def gate_api(request: web.Request, handler: Handler) -> web.StreamResponse
     rejection = state.faults.draw_rejection()
     if rejection is not None:
         raise rejection.to_error()
-    return await handler(request)
+    response = await handler(request)
+    if state.faults.reply_delay_s > 0:
+        await asyncio.sleep(state.faults.reply_delay_s)
+    return response
 
 
 def authenticate(request: web.Request) -> str:

@@ -17,6 +17,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 ALERTS = REPO / "deploy" / "alerts.yml"
 ALERT_TESTS = REPO / "deploy" / "alerts_test.yml"
+# The spend budgets' group has its cases in a file of its own (tests/deploy/test_budget_alerts.py).
+BUDGET_ALERT_TESTS = REPO / "deploy" / "alerts_budgets_test.yml"
 RUNBOOK = REPO / "docs" / "runbook.md"
 JOB = "mindvideo-relay"
 SEVERITIES = {"critical", "warning"}  # what kube-prometheus-stack routes
@@ -26,14 +28,18 @@ AGGREGATION = re.compile(r"\b(sum|min|max|avg|count)\b\s*(by\s*\(([^)]*)\))?\s*\
 
 @pytest.fixture(scope="module")
 def rules() -> list[dict[str, Any]]:
-    (group,) = yaml.safe_load(ALERTS.read_text())["groups"]
-    found: list[dict[str, Any]] = group["rules"]
+    groups = yaml.safe_load(ALERTS.read_text())["groups"]
+    found: list[dict[str, Any]] = [rule for group in groups for rule in group["rules"]]
     return found
 
 
 @pytest.fixture(scope="module")
 def cases() -> list[dict[str, Any]]:
-    found: list[dict[str, Any]] = yaml.safe_load(ALERT_TESTS.read_text())["tests"]
+    found: list[dict[str, Any]] = [
+        case
+        for path in (ALERT_TESTS, BUDGET_ALERT_TESTS)
+        for case in yaml.safe_load(path.read_text())["tests"]
+    ]
     return found
 
 
@@ -108,7 +114,11 @@ def test_promtool_unit_tests_pass() -> None:
     if promtool is None:
         assert not os.environ.get("CI"), "CI: promtool is missing; .ci/run installs it"
         pytest.skip("promtool not installed (apt-get install prometheus)")
-    for command in (["check", "rules", str(ALERTS)], ["test", "rules", str(ALERT_TESTS)]):
+    for command in (
+        ["check", "rules", str(ALERTS)],
+        ["test", "rules", str(ALERT_TESTS)],
+        ["test", "rules", str(BUDGET_ALERT_TESTS)],
+    ):
         done = subprocess.run(
             [promtool, *command], capture_output=True, text=True, check=False, timeout=120
         )

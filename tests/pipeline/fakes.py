@@ -36,6 +36,7 @@ from relay.pipeline.processor import RequestProcessor
 from relay.pipeline.publisher import ResultPublisher
 from relay.pipeline.steps import RequestSteps
 from relay.retry import RetryPolicy
+from relay.spend.guard import BudgetGuard
 from relay.status import RecentResults
 from relay.tracing.context import TraceContext
 from relay.tracing.spans import NO_TRACING, Tracing
@@ -88,14 +89,17 @@ class FakeStore(IdempotencyStore):
         request_id: str | None,
         cost_estimate: float | None,
         submitted_at: str,
-    ) -> None:
+    ) -> bool:
         _raise_next(self.errors, "mark_submitted")
         fields = self.hashes[idempotency_key]
+        if fields.get("state", KeyState.CLAIMED) != KeyState.CLAIMED:
+            return False
         fields.update(state=KeyState.SUBMITTED, task_id=task_id, submitted_at=submitted_at)
         if request_id is not None:
             fields["request_id"] = request_id
         if cost_estimate is not None:
             fields["cost_estimate"] = repr(cost_estimate)
+        return True
 
     async def mark_event(self, idempotency_key: str, last_event_id: str) -> None:
         self.hashes[idempotency_key]["last_event_id"] = last_event_id
@@ -136,21 +140,33 @@ class FakeStore(IdempotencyStore):
 
 
 class FakeMindVideo(MindVideoClient):
-    """Creates tasks (once per idempotency key, like MindVideo) and remembers every charge."""
+    """Creates tasks (once per idempotency key, like MindVideo) and remembers every charge.
+
+    A submit of a key it knows answers as a replay (``Idempotent-Replayed``); ``before`` runs at
+    the start of every submit (a test's hook: advance a clock, change the store)."""
 
     def __init__(self) -> None:  # no HTTP session
         self.tasks: dict[str, str] = {}
         self.submits: list[str] = []
         self.errors: Errors = defaultdict(list)
+        self.before: Callable[[], None] | None = None
+        self.cost_estimate: float | None = 0.0252
 
     async def submit(
         self, idempotency_key: str, model: str, payload: dict[str, Any]
     ) -> TaskSnapshot:
         self.submits.append(idempotency_key)
+        if self.before is not None:
+            self.before()
         _raise_next(self.errors, "submit")
+        replayed = idempotency_key in self.tasks
         task_id = self.tasks.setdefault(idempotency_key, f"task_{len(self.tasks) + 1}")
         return TaskSnapshot(
-            task_id=task_id, request_id="req_1", status="queued", cost_estimate=0.0252
+            task_id=task_id,
+            request_id="req_1",
+            status="queued",
+            cost_estimate=self.cost_estimate,
+            idempotent_replayed=replayed,
         )
 
 
@@ -248,6 +264,7 @@ class Harness:
     handover: Handover = field(default_factory=Handover)
     sleeps: list[float] = field(default_factory=list)
     tracing: Tracing = NO_TRACING
+    budget: BudgetGuard | None = None
 
     def __post_init__(self) -> None:
         self.publisher = FakePublisher(self.metrics)
@@ -264,11 +281,14 @@ class Harness:
             task_timeout_s=self.task_timeout_s,
             wall_clock=wall_clock,
             tracing=self.tracing,
+            budget=self.budget,
         )
         self.processor = RequestProcessor(
             steps,
             gate=self.gate,
             handover=self.handover,
+            budget=self.budget,
+            wall_clock=wall_clock,
             retry=RetryPolicy(
                 Backoff(0.5, 30.0, random.Random(1)),
                 self.metrics.retries,

@@ -99,6 +99,7 @@ async def test_runtime_put_changes_faults_and_answers_full_config(make_sim: SimF
         "retry_after_s": 1,
         "rate_5xx": 0.0,
         "latency_ms": 0.0,
+        "reply_delay_ms": 0.0,
         "stream_drop_rate": 0.0,
     }
     updated = await _put_faults(sim, rate_429=1.0, retry_after_s=3)

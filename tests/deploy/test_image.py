@@ -9,6 +9,7 @@ venv is what the runtime stage would ship.
 
 from __future__ import annotations
 
+import concurrent.futures
 import http.server
 import importlib.metadata
 import os
@@ -264,16 +265,30 @@ def test_build_steps_in_a_clean_venv(
     # The image's builder Python gets the locked build backend; here a venv stands in for it.
     py, builder = sys.executable, tmp_path / "builder"
     vpip, bpy = venv / "bin" / "pip", builder / "bin" / "python"
-    steps: list[list[str | Path]] = [
+    # The runtime venv and the builder are independent until the wheel is installed: set them
+    # up side by side (pip spends most of its time waiting on the index and the disk).
+    runtime: list[list[str | Path]] = [
         [py, "-m", "venv", venv],
         [vpip, "install", "-q", "--require-hashes", "--no-deps", "-r", "requirements.lock"],
+    ]
+    build: list[list[str | Path]] = [
         [py, "-m", "venv", builder],
         [bpy, "-m", "pip", "install", "-q", "--require-hashes", "--no-deps", "-r", BUILD_LOCK.name],
         [bpy, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", wheels, "."],
     ]
-    for step in steps:
-        done = _run(*step, env=base, cwd=context)
-        assert done.returncode == 0, done.stderr
+
+    def run_chain(chain: list[list[str | Path]]) -> list[subprocess.CompletedProcess[str]]:
+        done = []
+        for step in chain:
+            done.append(_run(*step, env=base, cwd=context))
+            if done[-1].returncode != 0:
+                break
+        return done
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        for chain_done in pool.map(run_chain, (runtime, build)):
+            for done in chain_done:
+                assert done.returncode == 0, (done.args, done.stderr)
     (wheel,) = wheels.glob("mindvideo_relay-*.whl")
     installs: list[list[str | Path]] = [
         [vpip, "install", "-q", "--no-deps", wheel],

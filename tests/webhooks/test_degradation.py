@@ -161,7 +161,7 @@ async def test_a_dead_receiver_gets_one_probe_per_cooldown_per_process(
         tripped_at = time.time()
         await asyncio.sleep(3 * cap_s)  # cool-downs 1, 2, 4 s: now at the cap
         window_start = time.time()
-        window_s = 24.0
+        window_s = 12.0  # three cool-downs at the cap: 2 to 8 probes from the two relays
         await asyncio.sleep(window_s)
         probes = [t for t in dead.connections if window_start <= t < window_start + window_s]
         per_process_max = window_s / cap_s + 1

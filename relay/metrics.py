@@ -53,6 +53,7 @@ RELAY_ERROR_CODES = frozenset(
         "idempotency_key_mismatch",
         *("metadata_too_large", "invalid_input", "idempotency_conflict", "key_in_use"),
         *("expired", "budget_exceeded", "internal_error", "relay_follow_timeout", "task_lost"),
+        *("undecodable_record", "result_too_large"),
     }
 )
 MINDVIDEO_ERROR_CODES = frozenset(
@@ -131,6 +132,27 @@ class RelayMetrics:
             "relay_records_dead_lettered_total",
             "Records copied to the dead-letter topic, by reason.",
             ["reason"],
+            registry=r,
+        )
+        # Hostile records (issue 10): what the relay dropped or dead-lettered to keep going.
+        self.trace_context_invalid = Counter(
+            "relay_trace_context_invalid_total",
+            "Malformed W3C traceparent/tracestate headers dropped (from request or result "
+            "records), by header.",
+            ["header"],
+            registry=r,
+        )
+        self.undecodable_records = Counter(
+            "relay_undecodable_records_total",
+            "Request records the Kafka client could not parse (a header key that is not UTF-8), "
+            "dead-lettered as undecodable_record and skipped.",
+            registry=r,
+        )
+        self.publish_too_large = Counter(
+            "relay_publish_too_large_total",
+            "Records the broker refused as too large, by topic (result, dead_letter) and what "
+            "was done (without_trace, dead_lettered, truncated, dropped).",
+            ["topic", "action"],
             registry=r,
         )
         self.cost_estimated = BoundedLabels(

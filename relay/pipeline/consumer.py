@@ -222,7 +222,10 @@ class RequestConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
             key=record.key,  # type: ignore[attr-defined]
             value=record.value,  # type: ignore[attr-defined]
             timestamp_ms=record.timestamp or 0,  # type: ignore[attr-defined]
-            trace=TraceContext.from_headers(record.headers),  # type: ignore[attr-defined]
+            trace=TraceContext.from_headers(
+                record.headers,  # type: ignore[attr-defined]
+                self._invalid_trace_header,
+            ),
         )
         self._metrics.records_consumed.inc()
         task = asyncio.create_task(
@@ -230,6 +233,9 @@ class RequestConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         )
         work.add(source.offset, task)
         self._metrics.in_flight.inc()
+
+    def _invalid_trace_header(self, header: str) -> None:
+        self._metrics.trace_context_invalid.labels(header).inc()
 
     async def _handle(self, work: PartitionWork, source: SourceRecord) -> None:
         """Run one record to its end; a cancelled task (handed over) leaves its offset open."""

@@ -24,7 +24,7 @@ from relay.backoff import Backoff
 from relay.metrics import RelayMetrics
 from relay.models import WebhookDelivery
 from relay.pipeline.publisher import WEBHOOK_URL_HEADER
-from relay.tracing.context import TRACEPARENT, TRACESTATE, TraceContext
+from relay.tracing.context import TRACEPARENT, TRACESTATE, InvalidHeader, TraceContext
 from relay.webhooks.deliveries import DeliveryStore
 
 log = logging.getLogger(__name__)
@@ -37,10 +37,13 @@ IDLE_PAUSE_S = 0.1
 MAX_BATCH_RECORDS = 500
 
 
-def deliveries_for(record: Any, default_endpoints: Sequence[str]) -> list[WebhookDelivery] | None:
+def deliveries_for(
+    record: Any, default_endpoints: Sequence[str], on_invalid_trace: InvalidHeader | None = None
+) -> list[WebhookDelivery] | None:
     """The deliveries one result record asks for: to its ``webhook-url`` header, else to the
-    default endpoints, each carrying the record's trace context. ``None`` when the record is not
-    a result the relay can deliver."""
+    default endpoints, each carrying the record's trace context when it is valid (a malformed one
+    is reported to ``on_invalid_trace`` and not carried). ``None`` when the record is not a result
+    the relay can deliver."""
     if record.value is None:
         return None
     headers = {name: value.decode("utf-8", "replace") for name, value in record.headers or ()}
@@ -54,7 +57,9 @@ def deliveries_for(record: Any, default_endpoints: Sequence[str]) -> list[Webhoo
     own = headers.get(WEBHOOK_URL_HEADER, "").strip()
     endpoints = [own] if own else list(default_endpoints)
     key = (record.key or b"").decode("utf-8", "replace")
-    trace = TraceContext.parse(headers.get(TRACEPARENT), headers.get(TRACESTATE))
+    trace = TraceContext.parse(
+        headers.get(TRACEPARENT), headers.get(TRACESTATE), on_invalid_trace or _ignore_invalid
+    )
     return [
         WebhookDelivery(
             endpoint=endpoint,
@@ -68,6 +73,10 @@ def deliveries_for(record: Any, default_endpoints: Sequence[str]) -> list[Webhoo
         )
         for endpoint in dict.fromkeys(endpoints)
     ]
+
+
+def _ignore_invalid(_header: str) -> None:
+    return None
 
 
 class ResultIntake:
@@ -97,6 +106,9 @@ class ResultIntake:
     def stop(self) -> None:
         self._stopping.set()
 
+    def _invalid_trace_header(self, header: str) -> None:
+        self._metrics.trace_context_invalid.labels(header).inc()
+
     async def run(self) -> None:
         """Join the group (in the background of the relay's start), then schedule until stopped."""
         self._consumer.subscribe([self._topic])
@@ -118,7 +130,9 @@ class ResultIntake:
             offsets: dict[TopicPartition, int] = {}
             for tp, records in batch.items():
                 for record in records:
-                    found = deliveries_for(record, self._default_endpoints)
+                    found = deliveries_for(
+                        record, self._default_endpoints, self._invalid_trace_header
+                    )
                     if found is None:
                         log.warning(
                             "result record without an event id or type; not delivered",

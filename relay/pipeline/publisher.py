@@ -155,6 +155,8 @@ class ResultPublisher:
     async def _send(
         self, topic: str, value: bytes | None, key: bytes | None, headers: Headers
     ) -> None:
+        if value is None and key is None:
+            value = b""  # a record needs one of them; a placeholder has neither
         await self._producer.send_and_wait(topic, value=value, key=key, headers=headers)
 
 

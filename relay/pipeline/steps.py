@@ -38,6 +38,7 @@ from relay.pipeline.lifecycle import (
     INTERNAL_ERROR_REASON,
     KEY_IN_USE_REASON,
     RESULT_TOO_LARGE_REASON,
+    UNDECODABLE_RECORD_REASON,
     Stage,
     Work,
 )
@@ -103,6 +104,10 @@ class RequestSteps:
         return await self._steps[stage](work)
 
     async def decode(self, work: Work) -> Stage:
+        if work.source.unparseable is not None:
+            # Nothing of the record could be read: a dead letter only, with an empty value.
+            work.undecodable = DeadLetter(UNDECODABLE_RECORD_REASON, work.source.unparseable, None)
+            return Stage.REFUSE
         decoded = decode_request(
             work.source.key,
             work.raw,

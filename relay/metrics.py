@@ -276,7 +276,8 @@ class RelayMetrics:
         self.webhook_attempts = Counter(
             "relay_webhook_attempts_total",
             "Webhook delivery attempts by origin and outcome: success, http_4xx, http_5xx, "
-            "timeout, connection_error, refused, gone, circuit_open (deferred, not attempted).",
+            "timeout, connection_error, refused, gone, error (failed in the relay), "
+            "circuit_open (deferred, not attempted).",
             ["origin", "outcome"],
             registry=r,
         )

@@ -334,6 +334,18 @@ class RelayMetrics:
             ["outcome"],
             registry=r,
         )
+        self.webhook_unproven_in_flight = Gauge(
+            "relay_webhook_unproven_in_flight",
+            "Deliveries this process holds for origins without a recent success (capped by "
+            "RELAY_WEBHOOK_MAX_UNPROVEN_IN_FLIGHT).",
+            registry=r,
+        )
+        self.webhook_unproven_deferred = Counter(
+            "relay_webhook_unproven_deferred_total",
+            "Deliveries to origins without a recent success deferred (not attempted) because "
+            "RELAY_WEBHOOK_MAX_UNPROVEN_IN_FLIGHT deliveries of such origins were under way.",
+            registry=r,
+        )
         self.webhook_internal_errors = Counter(
             "relay_webhook_internal_errors_total",
             "Redis or Kafka errors in the webhook pipeline, by operation (each is retried; "

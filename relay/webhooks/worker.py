@@ -160,6 +160,7 @@ class DeliveryWorker:
         self._set_by_label(
             self._metrics.webhook_endpoint_circuit_open, dict.fromkeys(open_origins, 1)
         )
+        self._metrics.webhook_unproven_in_flight.set(self._admission.unproven_in_flight)
         self._metrics.webhook_pending_retries.set(await self._store.pending())
         if now - self._by_origin_at >= PENDING_BY_ORIGIN_INTERVAL_S:
             self._by_origin_at = now
@@ -199,6 +200,9 @@ class DeliveryWorker:
             if verdict.reason == "circuit_open":
                 self._metrics.webhook_attempts.labels(label, "circuit_open").inc()
                 delay = verdict.defer_s + self._rng.uniform(0.0, DEFER_JITTER_S)
+            elif verdict.reason == "unproven":
+                self._metrics.webhook_unproven_deferred.inc()
+                delay = verdict.defer_s * self._rng.uniform(0.5, 1.5)
             elif verdict.reason == "rate_limited":
                 self._metrics.webhook_rate_limited.labels(label, "deferred").inc()
                 delay = verdict.defer_s * self._rng.uniform(1.0, 1.0 + RATE_DEFER_JITTER)
@@ -239,6 +243,8 @@ class DeliveryWorker:
             status=result.status,
             latency_ms=int((loop.time() - began) * 1000),
         )
+        if result.outcome == "success":
+            self._admission.succeeded(origin)
         if result.says_about_endpoint:
             self._admission.guards.breaker(origin).record(result.health, _error_of(result))
         self._metrics.webhook_attempts.labels(label, result.outcome).inc()

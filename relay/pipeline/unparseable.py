@@ -18,11 +18,14 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import CorruptRecordException
 
 from relay.pipeline.offsets import PartitionWork
 
-# What aiokafka raises for a record it cannot parse (UnicodeDecodeError is a ValueError).
-UNPARSEABLE_ERRORS = (ValueError,)
+# What aiokafka raises for a record it cannot parse: its C extension lets the UnicodeDecodeError
+# (a ValueError) out, its pure-Python reader (AIOKAFKA_NO_EXTENSIONS) wraps it in a
+# CorruptRecordException, as it does a CRC that does not match (a corrupt record is skipped too).
+UNPARSEABLE_ERRORS = (ValueError, CorruptRecordException)
 # How long one read of a partition alone may wait for its records (after a seek, a new fetch).
 PROBE_FETCH_TIMEOUT_MS = 500
 # Reads without a record before a partition is taken to hold no unparseable record for now.

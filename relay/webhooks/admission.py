@@ -14,11 +14,12 @@ In this order, so that nothing is spent on a delivery that will not go out:
 4. the breaker admits the attempt (in half-open, as the probe or one of the trial).
 
 Before all of it, an origin without a success in the last ``PROVEN_FOR_S`` (an *unproven*
-origin: new, or one that only hangs or fails) takes a delivery only while the deliveries of all
-unproven origins together, waiting or attempting, number fewer than ``max_unproven``
-(``RELAY_WEBHOOK_MAX_UNPROVEN_IN_FLIGHT``); else it is deferred by ``UNPROVEN_DEFER_S``. A producer
-naming many distinct origins that never answer thus holds at most that many of the process's
-delivery tasks, each for a timeout, and proven origins always have the rest.
+origin: new, or one that only hangs or fails) takes a slot only while the slots of all unproven
+origins together number fewer than ``max_unproven`` (``RELAY_WEBHOOK_MAX_UNPROVEN_IN_FLIGHT``);
+else it is deferred by ``UNPROVEN_DEFER_S``. It never waits in the process for a slot of its
+own either (deferred by ``BUSY_DEFER_S``), so its deliveries hold no more tasks than slots. A
+producer naming many distinct origins that never answer thus holds at most that many of the
+process's delivery tasks, each for a timeout, and proven origins always have the rest.
 
 A delivery that may not go is deferred by the caller, without using up an attempt.
 """
@@ -95,20 +96,16 @@ class EndpointAdmission:
 
     async def admit(self, origin: str) -> Verdict:
         """Decide; a ``RedisError`` from the limiter propagates with no slot held. An unproven
-        origin's admission counts against ``max_unproven`` until :meth:`release`, or until
-        a verdict not to go."""
-        if not self.proven(origin):
+        origin's slot counts against ``max_unproven`` until :meth:`release`; it never waits in
+        the process for a slot of its own (it is deferred), so its deliveries hold no more
+        delivery tasks than slots."""
+        unproven = not self.proven(origin)
+        if unproven:
             if self.unproven_in_flight >= self._max_unproven:
                 return Verdict(False, UNPROVEN_DEFER_S, "unproven")
-            self._hold_unproven(origin)
-        try:
-            verdict = await self._admit(origin)
-        except BaseException:
-            self._drop_unproven(origin)
-            raise
-        if not verdict.go:
-            self._drop_unproven(origin)
-        return verdict
+            if not self.guards.has_capacity(origin):
+                return Verdict(False, BUSY_DEFER_S, "busy")
+        return await self._admit(origin, unproven)
 
     def _hold_unproven(self, origin: str) -> None:
         self._unproven_held[origin] = self._unproven_held.get(origin, 0) + 1
@@ -124,7 +121,7 @@ class EndpointAdmission:
         else:
             self._unproven_held[origin] = held - 1
 
-    async def _admit(self, origin: str) -> Verdict:
+    async def _admit(self, origin: str, unproven: bool) -> Verdict:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + BUSY_WAIT_S
         while not self.guards.has_capacity(origin):
@@ -138,19 +135,21 @@ class EndpointAdmission:
         if blocked > 0:
             return Verdict(False, blocked, "circuit_open")
         self.guards.acquire(origin)
+        if unproven:
+            self._hold_unproven(origin)
         try:
             waited = 0.0
             if self._limiter is not None:
                 refusal = await self._wait_for_send_slot(self._limiter, origin)
                 if isinstance(refusal, Verdict):
-                    self._free_slot(origin)
+                    self.release(origin)
                     return refusal
                 waited = refusal
             if not breaker.allow():
-                self._free_slot(origin)
+                self.release(origin)
                 return Verdict(False, breaker.blocked_for_s(), "circuit_open")
         except BaseException:
-            self._free_slot(origin)
+            self.release(origin)
             raise
         return Verdict(True, waited_s=waited)
 

@@ -5,6 +5,8 @@ goes out cut, saying so."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -70,6 +72,17 @@ async def test_too_large_results_and_dead_letters_are_final(
         # Too large even so: final, for the lifecycle to dead-letter.
         with pytest.raises(RecordTooLarge):
             await publisher.publish(rejection("order-2", "invalid_input", "m" * 3000))
+
+        # Sent together, both go in one batch the broker refuses as a whole: the small one is
+        # still published, alone, and only the big one is too large.
+        small, big = rejection("order-4", "x", "small"), rejection("order-5", "x", "m" * 3000)
+        outcomes = await asyncio.gather(
+            publisher.publish(small), publisher.publish(big), return_exceptions=True
+        )
+        assert outcomes[0] is None
+        assert isinstance(outcomes[1], RecordTooLarge)
+        keys = [r.key for r in await _read_all(kafka_bootstrap, results)]  # type: ignore[attr-defined]
+        assert keys == [b"order-1", b"order-4"]
 
         source = SourceRecord("requests", 0, 7, b"order-3", None, 0)
         await publisher.dead_letter(source, "record_too_large", "big", value=b"v" * 120_000)

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -46,6 +48,42 @@ def _kcat_produce(pipeline: Pipeline, key: str, header: bytes, partition: int) -
         check=True,
         capture_output=True,
         timeout=20,
+    )
+
+
+# A producer with aiokafka's pure-Python record builder, which sends a header key as whatever its
+# ``encode`` returns: how a client in another language writes a header key that is not UTF-8.
+RAW_HEADER_PRODUCER = """
+import asyncio, sys
+from aiokafka import AIOKafkaProducer
+
+class RawKey(str):
+    def encode(self, *args, **kwargs):
+        return b"\\xff\\xfe"
+
+async def main(bootstrap, topic, key, value):
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=False)
+    await producer.start()
+    try:
+        await producer.send_and_wait(
+            topic, value=value.encode(), key=key.encode(), partition=0,
+            headers=[(RawKey("x"), b"v")],
+        )
+    finally:
+        await producer.stop()
+
+asyncio.run(main(*sys.argv[1:]))
+"""
+
+
+def _produce_raw_header(pipeline: Pipeline, key: str, env: dict[str, str]) -> None:
+    argv = [sys.executable, "-c", RAW_HEADER_PRODUCER, pipeline.bootstrap, pipeline.requests_topic]
+    subprocess.run(
+        [*argv, key, _body(key).decode()],
+        env={**os.environ, **env},
+        check=True,
+        capture_output=True,
+        timeout=30,
     )
 
 
@@ -137,3 +175,25 @@ async def test_a_result_too_large_for_kafka_is_dead_lettered_once_not_retried(
     assert len(again) == 1
     retries = await pipeline.metric(port, "relay_retries_total", scope="lifecycle", reason="kafka")
     assert retries == 0, "too large is final, not an outage"
+
+
+async def test_the_pure_python_client_on_tansu_steps_over_it_too(
+    tansu_pipeline: Pipeline, unique: str
+) -> None:
+    """The same record on Tansu, read by a relay on aiokafka's pure-Python reader, which raises
+    CorruptRecordException instead of UnicodeDecodeError."""
+    pipeline, u = tansu_pipeline, unique[:8]
+    before, bad, after = f"before-{u}", f"bad-{u}", f"after-{u}"
+    pure = {"AIOKAFKA_NO_EXTENSIONS": "1"}
+    _, port = await pipeline.start_relay(**pure)
+    await pipeline.produce([(before.encode(), _body(before))], partition=0)
+    _produce_raw_header(pipeline, bad, pure)
+    await pipeline.produce([(after.encode(), _body(after))], partition=0)
+
+    results = await pipeline.results({before, after}, TIMEOUT_S)
+    assert {r.key for r in results} == {before, after}
+    [letter] = await pipeline.results(set(), TIMEOUT_S, topic=pipeline.dlq_topic, min_count=1)
+    assert letter.headers["error.reason"] == b"undecodable_record"
+    assert letter.headers["original.offset"] == b"1"
+    assert b"CorruptRecordException" in letter.headers["error.message"]
+    assert await pipeline.metric(port, "relay_undecodable_records_total") == 1

@@ -150,8 +150,10 @@ class RelayMetrics:
         )
         self.publish_too_large = Counter(
             "relay_publish_too_large_total",
-            "Records the broker refused as too large, by topic (result, dead_letter) and what "
-            "was done (without_trace, dead_lettered, truncated, dropped).",
+            "Records refused as too large (by the broker, or before sending over a topic's "
+            "max.message.bytes), by topic (result, dead_letter) and what was done: without_trace "
+            "(the result sent without its trace headers), truncated, dropped. A result too large "
+            'even so is in relay_records_dead_lettered_total{reason="result_too_large"}.',
             ["topic", "action"],
             registry=r,
         )

@@ -336,6 +336,12 @@ class RelayMetrics:
             ["outcome"],
             registry=r,
         )
+        self.webhook_undecodable_results = Counter(
+            "relay_webhook_undecodable_results_total",
+            "Result records the Kafka client could not parse (a header key that is not UTF-8): "
+            "skipped by the webhook intake, not delivered.",
+            registry=r,
+        )
         self.webhook_unproven_in_flight = Gauge(
             "relay_webhook_unproven_in_flight",
             "Deliveries this process holds for origins without a recent success (capped by "

@@ -94,6 +94,7 @@ class RequestConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         self._lag_labels: set[str] = set()
         self._paused: set[TopicPartition] = set()
         self._stopping = asyncio.Event()
+        self._last_unparseable: TopicPartition | None = None
 
     @property
     def in_flight(self) -> int:
@@ -146,7 +147,8 @@ class RequestConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         placeholder dead-lettered as ``undecodable_record`` and fetching goes on past it."""
         log.info("a fetched record could not be parsed; looking for it", extra={"error": repr(exc)})
         await rewind(self._consumer, self._work)
-        for tp in list(self._work):
+        # A producer sending many such records sends them to one partition: look there first.
+        for tp in sorted(self._work, key=lambda tp: tp != self._last_unparseable):
             work = self._work.get(tp)
             if work is None or tp in self._paused:
                 continue
@@ -172,6 +174,7 @@ class RequestConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
             )
             self._start(tp, work, source)
             self._consumer.seek(tp, offset + 1)
+            self._last_unparseable = tp
             return
 
     def stop_fetching(self) -> None:

@@ -9,6 +9,7 @@
 
 What each of them leads to at each step of a request is one table: ``relay.pipeline.lifecycle``.
 - ``ConnectivityError``: Kafka or Redis refuses how the relay connects; do not start.
+- ``RecordTooLarge``: Kafka refuses a record's size for good; dead-letter it, do not retry.
 """
 
 from __future__ import annotations
@@ -40,6 +41,11 @@ class RetryableError(RelayError):
         self.retry_after_s = retry_after_s
         self.reason = reason
         self.maybe_sent = maybe_sent
+
+
+class RecordTooLarge(RelayError):
+    """Kafka refused a record as too large even in its smallest form: sending it again cannot
+    work, so it is final (never retried as an outage would be)."""
 
 
 class RequestRejected(RelayError):

@@ -53,6 +53,7 @@ RELAY_ERROR_CODES = frozenset(
         "idempotency_key_mismatch",
         *("metadata_too_large", "invalid_input", "idempotency_conflict", "key_in_use"),
         *("expired", "budget_exceeded", "internal_error", "relay_follow_timeout", "task_lost"),
+        *("undecodable_record", "result_too_large"),
     }
 )
 MINDVIDEO_ERROR_CODES = frozenset(
@@ -131,6 +132,29 @@ class RelayMetrics:
             "relay_records_dead_lettered_total",
             "Records copied to the dead-letter topic, by reason.",
             ["reason"],
+            registry=r,
+        )
+        # Hostile records (issue 10): what the relay dropped or dead-lettered to keep going.
+        self.trace_context_invalid = Counter(
+            "relay_trace_context_invalid_total",
+            "Malformed W3C traceparent/tracestate headers dropped (from request or result "
+            "records), by header.",
+            ["header"],
+            registry=r,
+        )
+        self.undecodable_records = Counter(
+            "relay_undecodable_records_total",
+            "Request records the Kafka client could not parse (a header key that is not UTF-8), "
+            "dead-lettered as undecodable_record and skipped.",
+            registry=r,
+        )
+        self.publish_too_large = Counter(
+            "relay_publish_too_large_total",
+            "Records refused as too large (by the broker, or before sending over a topic's "
+            "max.message.bytes), by topic (result, dead_letter) and what was done: without_trace "
+            "(the result sent without its trace headers), truncated, dropped. A result too large "
+            'even so is in relay_records_dead_lettered_total{reason="result_too_large"}.',
+            ["topic", "action"],
             registry=r,
         )
         self.cost_estimated = BoundedLabels(
@@ -254,7 +278,8 @@ class RelayMetrics:
         self.webhook_attempts = Counter(
             "relay_webhook_attempts_total",
             "Webhook delivery attempts by origin and outcome: success, http_4xx, http_5xx, "
-            "timeout, connection_error, refused, gone, circuit_open (deferred, not attempted).",
+            "timeout, connection_error, refused, gone, error (failed in the relay), "
+            "circuit_open (deferred, not attempted).",
             ["origin", "outcome"],
             registry=r,
         )
@@ -309,6 +334,24 @@ class RelayMetrics:
             "relay_webhook_deliveries_total",
             "Finished webhook deliveries by outcome: delivered, dead_lettered, no_endpoint, gone.",
             ["outcome"],
+            registry=r,
+        )
+        self.webhook_undecodable_results = Counter(
+            "relay_webhook_undecodable_results_total",
+            "Result records the Kafka client could not parse (a header key that is not UTF-8): "
+            "skipped by the webhook intake, not delivered.",
+            registry=r,
+        )
+        self.webhook_unproven_in_flight = Gauge(
+            "relay_webhook_unproven_in_flight",
+            "Deliveries this process holds for origins without a recent success (capped by "
+            "RELAY_WEBHOOK_MAX_UNPROVEN_IN_FLIGHT).",
+            registry=r,
+        )
+        self.webhook_unproven_deferred = Counter(
+            "relay_webhook_unproven_deferred_total",
+            "Deliveries to origins without a recent success deferred (not attempted) because "
+            "RELAY_WEBHOOK_MAX_UNPROVEN_IN_FLIGHT deliveries of such origins were under way.",
             registry=r,
         )
         self.webhook_internal_errors = Counter(

@@ -25,7 +25,12 @@ from relay.pipeline.idempotency import IdempotencyStore
 from relay.pipeline.mindvideo import MindVideoClient
 from relay.pipeline.outcomes import OutcomeRecorder
 from relay.pipeline.processor import RequestProcessor
-from relay.pipeline.publisher import ResultPublisher, build_producer
+from relay.pipeline.publisher import (
+    BATCH_OVERHEAD_BYTES,
+    DEFAULT_MAX_BATCH_BYTES,
+    ResultPublisher,
+    build_producer,
+)
 from relay.pipeline.steps import RequestSteps
 from relay.redis import RedisClient, redis_client
 from relay.retry import RetryPolicy
@@ -34,7 +39,7 @@ from relay.spend.guard import build_guard
 from relay.spend.monitor import BudgetMonitor
 from relay.startup import check_eviction_policy
 from relay.status import RecentResults
-from relay.topics import create_topics
+from relay.topics import create_topics, max_message_bytes
 from relay.tracing.config import TRACING_OFF, TracingConfig
 from relay.tracing.spans import NO_TRACING, Tracing, start_tracing
 from relay.webhooks.dispatcher import WebhookDispatcher
@@ -114,8 +119,12 @@ class Relay:
         await check_eviction_policy(
             self._redis, s, on_allowed=lambda: self.metrics.redis_eviction_allowed.set(1)
         )
+        limits = await max_message_bytes(kafka, [s.result_topic, s.dead_letter_topic])
         producer = build_producer(
-            kafka, client_id=s.kafka_client_id, enable_idempotence=s.kafka_enable_idempotence
+            kafka,
+            client_id=s.kafka_client_id,
+            enable_idempotence=s.kafka_enable_idempotence,
+            max_batch_bytes=min([DEFAULT_MAX_BATCH_BYTES, *limits.values()]) - BATCH_OVERHEAD_BYTES,
         )
         try:
             await start_kafka_client(producer, kafka)
@@ -184,6 +193,7 @@ class Relay:
                 self.metrics,
                 result_topic=s.result_topic,
                 dead_letter_topic=s.dead_letter_topic,
+                max_message_bytes=limits,
             ),
             outcomes=OutcomeRecorder(self.metrics, self.recent),
             handover=self.handover,

@@ -124,6 +124,8 @@ class RelaySettings(BaseSettings):
     webhook_retry_after_max_s: float = Field(default=3600.0, ge=0)
     webhook_max_in_flight: int = Field(default=200, ge=1)
     webhook_max_in_flight_per_endpoint: int = Field(default=10, ge=1)
+    # Deliveries to origins without a recent success, all together (None: half of the above).
+    webhook_max_unproven_in_flight: int | None = Field(default=None, ge=1)
     webhook_lease_s: float = Field(default=60.0, gt=0)
     webhook_poll_interval_s: float = Field(default=1.0, gt=0)
     webhook_done_retention_s: int = Field(default=7 * 24 * 3600, ge=60)
@@ -320,12 +322,25 @@ class RelaySettings(BaseSettings):
     def _lease_outlives_attempt(self) -> RelaySettings:
         if self.webhook_lease_s <= self.webhook_timeout_s:
             raise ValueError("RELAY_WEBHOOK_LEASE_S must be longer than RELAY_WEBHOOK_TIMEOUT_S")
+        unproven = self.webhook_max_unproven_in_flight
+        if unproven is not None and unproven >= self.webhook_max_in_flight:
+            raise ValueError(
+                "RELAY_WEBHOOK_MAX_UNPROVEN_IN_FLIGHT must be less than "
+                "RELAY_WEBHOOK_MAX_IN_FLIGHT, so that proven origins always have slots"
+            )
         if self.webhook_breaker_max_cooldown_s < self.webhook_breaker_cooldown_s:
             raise ValueError(
                 "RELAY_WEBHOOK_BREAKER_MAX_COOLDOWN_S must be at least "
                 "RELAY_WEBHOOK_BREAKER_COOLDOWN_S"
             )
         return self
+
+    @property
+    def webhook_unproven_in_flight(self) -> int:
+        """``RELAY_WEBHOOK_MAX_UNPROVEN_IN_FLIGHT``, by default half of the process's slots."""
+        if self.webhook_max_unproven_in_flight is not None:
+            return self.webhook_max_unproven_in_flight
+        return max(1, self.webhook_max_in_flight // 2)
 
     @property
     def webhook_configured_origins(self) -> list[str]:

@@ -4,13 +4,19 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.errors import KafkaError
 
 from relay.backoff import Backoff
+from relay.exceptions import ConnectivityError
 from relay.kafka import start_kafka_client
+
+log = logging.getLogger(__name__)
 
 TOPIC_READY_TIMEOUT_S = 30.0
 _DESCRIBE_BACKOFF = Backoff(0.05, 1.0)
@@ -86,3 +92,30 @@ async def _wait_for_topics(
             )
         await asyncio.sleep(_DESCRIBE_BACKOFF.delay_s(attempt + 1))
         attempt += 1
+
+
+async def max_message_bytes(kafka: Mapping[str, Any], names: Sequence[str]) -> dict[str, int]:
+    """Each topic's ``max.message.bytes`` as the broker reports it (DescribeConfigs), for the
+    topics whose value it reports; ``{}`` when it cannot say (an old broker, no permission).
+
+    The producer must never send a record the broker will refuse as too large: with idempotence
+    on, a refused batch leaves a gap in the partition's sequence numbers and every later send
+    to that partition fails for good (``OutOfOrderSequenceNumber``).
+    """
+    options = dict(kafka)
+    admin = AIOKafkaAdminClient(**options, request_timeout_ms=_ADMIN_REQUEST_TIMEOUT_MS)
+    limits: dict[str, int] = {}
+    try:
+        await start_kafka_client(admin, options)
+        resources = [ConfigResource(ConfigResourceType.TOPIC, name) for name in names]
+        for response in await admin.describe_configs(resources):
+            # resources: (error_code, error_message, resource_type, name, [(name, value, ...)])
+            for resource in response.resources:
+                for entry in resource[4]:
+                    if entry[0] == "max.message.bytes" and str(entry[1]).isdigit():
+                        limits[resource[3]] = int(entry[1])
+    except (KafkaError, OSError, ConnectivityError, IndexError, TypeError) as exc:
+        log.info("could not read the topics' max.message.bytes", extra={"reason": repr(exc)})
+    finally:
+        await admin.close()
+    return limits

@@ -57,6 +57,14 @@ NEEDS_SERVICES = {
         "tests/pipeline/test_lifecycle_outcomes.py::"
         "test_a_record_the_relay_cannot_carry_through_is_dead_lettered_and_passed"
     ),
+    "a record the Kafka client cannot parse": (
+        "tests/pipeline/test_unparseable.py::"
+        "test_a_header_key_that_is_not_utf8_is_dead_lettered_and_nothing_else_is_lost"
+    ),
+    "a result Kafka refuses as too large": (
+        "tests/pipeline/test_unparseable.py::"
+        "test_a_result_too_large_for_kafka_is_dead_lettered_once_not_retried"
+    ),
     # Spend budgets and deadlines (issue 13)
     "a spend budget that applies has no room, `RELAY_BUDGET_MODE=hold`": (
         "tests/spend/test_budgets_e2e.py::test_hold_releases_held_requests_when_the_minute_rolls_over"

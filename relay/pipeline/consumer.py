@@ -11,9 +11,11 @@ returns once a record is done with, whatever happened: no record holds its parti
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
@@ -22,6 +24,7 @@ from relay.metrics import RelayMetrics
 from relay.pipeline.gate import CredentialGate
 from relay.pipeline.handover import Handover
 from relay.pipeline.offsets import PartitionWork
+from relay.pipeline.unparseable import UNPARSEABLE_ERRORS, find_unparseable, rewind
 from relay.retry import RetryPolicy
 from relay.tracing.context import TraceContext
 
@@ -46,6 +49,9 @@ class SourceRecord:
     value: bytes | None
     timestamp_ms: int
     trace: TraceContext | None = None
+    # The Kafka client could not parse the record (a header key that is not UTF-8): it stands
+    # for the record at ``offset`` and is dead-lettered as ``undecodable_record``.
+    unparseable: str | None = None
 
     def take_value(self) -> bytes | None:
         value, self.value = self.value, None
@@ -88,6 +94,7 @@ class RequestConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         self._lag_labels: set[str] = set()
         self._paused: set[TopicPartition] = set()
         self._stopping = asyncio.Event()
+        self._last_unparseable: TopicPartition | None = None
 
     @property
     def in_flight(self) -> int:
@@ -103,29 +110,72 @@ class RequestConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
             while not self._stopping.is_set():
                 self._apply_backpressure()
                 capacity = self._max_in_flight - self.in_flight
-                batch = await self._consumer.getmany(
-                    timeout_ms=FETCH_TIMEOUT_MS, max_records=max(1, capacity)
-                )
+                try:
+                    batch = await self._consumer.getmany(
+                        timeout_ms=FETCH_TIMEOUT_MS, max_records=max(1, capacity)
+                    )
+                except UNPARSEABLE_ERRORS as exc:
+                    await self._recover_from_unparseable(exc)
+                    continue
                 for tp, records in batch.items():
                     work = self._work.get(tp)
-                    if work is None:
-                        continue
-                    for record in records:
-                        # After a partition comes back, records still being worked on are
-                        # fetched again from the committed offset: keep the running task.
-                        if record.offset in work.tasks:
-                            continue
-                        if (
-                            len(work) >= self._per_partition
-                            or self.in_flight >= self._max_in_flight
-                        ):
-                            # Full: fetch this record again once there is room (bounds are exact).
-                            self._consumer.seek(tp, record.offset)
-                            break
-                        self._dispatch(tp, work, record)
+                    if work is not None:
+                        self._take(tp, work, records)
         finally:
             commit_task.cancel()
             await asyncio.gather(commit_task, return_exceptions=True)
+
+    def _take(self, tp: TopicPartition, work: PartitionWork, records: list[Any]) -> bool:
+        """Dispatch ``records`` of ``tp`` in order; ``False`` when the partition or the process
+        is full (the first record not taken is fetched again later)."""
+        for record in records:
+            # After a partition comes back, records still being worked on are fetched again
+            # from the committed offset: keep the running task.
+            if record.offset in work.tasks:
+                continue
+            if len(work) >= self._per_partition or self.in_flight >= self._max_in_flight:
+                # Full: fetch this record again once there is room (bounds are exact).
+                self._consumer.seek(tp, record.offset)
+                return False
+            self._dispatch(tp, work, record)
+        return True
+
+    async def _recover_from_unparseable(self, exc: Exception) -> None:
+        """The client failed to parse a fetched record, and took with it whatever else that
+        fetch returned: rewind every partition to where the relay is, then read each one record
+        at a time (``unparseable.find_unparseable``) until the record is found; it becomes a
+        placeholder dead-lettered as ``undecodable_record`` and fetching goes on past it."""
+        log.info("a fetched record could not be parsed; looking for it", extra={"error": repr(exc)})
+        await rewind(self._consumer, self._work)
+        # A producer sending many such records sends them to one partition: look there first.
+        for tp in sorted(self._work, key=lambda tp: tp != self._last_unparseable):
+            work = self._work.get(tp)
+            if work is None or tp in self._paused:
+                continue
+            found = await find_unparseable(
+                self._consumer, tp, functools.partial(self._take, tp, work)
+            )
+            if found is None:
+                continue
+            offset, error = found
+            source = SourceRecord(
+                topic=tp.topic,
+                partition=tp.partition,
+                offset=offset,
+                key=None,
+                value=None,
+                timestamp_ms=0,
+                unparseable=f"the Kafka client could not parse the record: {error}",
+            )
+            self._metrics.undecodable_records.inc()
+            log.warning(
+                "a record the Kafka client cannot parse is dead-lettered and skipped",
+                extra={"partition": tp.partition, "offset": offset, "error": error},
+            )
+            self._start(tp, work, source)
+            self._consumer.seek(tp, offset + 1)
+            self._last_unparseable = tp
+            return
 
     def stop_fetching(self) -> None:
         self._stopping.set()
@@ -222,14 +272,23 @@ class RequestConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
             key=record.key,  # type: ignore[attr-defined]
             value=record.value,  # type: ignore[attr-defined]
             timestamp_ms=record.timestamp or 0,  # type: ignore[attr-defined]
-            trace=TraceContext.from_headers(record.headers),  # type: ignore[attr-defined]
+            trace=TraceContext.from_headers(
+                record.headers,  # type: ignore[attr-defined]
+                self._invalid_trace_header,
+            ),
         )
         self._metrics.records_consumed.inc()
+        self._start(tp, work, source)
+
+    def _start(self, tp: TopicPartition, work: PartitionWork, source: SourceRecord) -> None:
         task = asyncio.create_task(
             self._handle(work, source), name=f"record-{tp.partition}-{source.offset}"
         )
         work.add(source.offset, task)
         self._metrics.in_flight.inc()
+
+    def _invalid_trace_header(self, header: str) -> None:
+        self._metrics.trace_context_invalid.labels(header).inc()
 
     async def _handle(self, work: PartitionWork, source: SourceRecord) -> None:
         """Run one record to its end; a cancelled task (handed over) leaves its offset open."""

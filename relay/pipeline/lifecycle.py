@@ -35,6 +35,10 @@ from relay.spend.ledger import Reservation
 
 INTERNAL_ERROR_REASON = "internal_error"
 KEY_IN_USE_REASON = "key_in_use"
+# Kafka refused the result as too large even without its trace headers (final, not an outage).
+RESULT_TOO_LARGE_REASON = "result_too_large"
+# The Kafka client could not parse the record at all (e.g. a header key that is not UTF-8).
+UNDECODABLE_RECORD_REASON = "undecodable_record"
 
 
 class Stage(StrEnum):

@@ -29,6 +29,11 @@ class PartitionWork:
         if self._next_offset is None or offset >= self._next_offset:
             self._next_offset = offset + 1
 
+    @property
+    def next_offset(self) -> int | None:
+        """One past the highest offset taken, if any was: where fetching goes on from."""
+        return self._next_offset
+
     def done(self, offset: int) -> None:
         self.tasks.pop(offset, None)
 

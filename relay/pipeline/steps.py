@@ -15,7 +15,13 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import TypeVar
 
-from relay.exceptions import OperatorError, RequestExpired, RequestRejected, RetryableError
+from relay.exceptions import (
+    OperatorError,
+    RecordTooLarge,
+    RequestExpired,
+    RequestRejected,
+    RetryableError,
+)
 from relay.models import (
     DEFAULT_MAX_JSON_DEPTH,
     RequestRecord,
@@ -28,7 +34,14 @@ from relay.pipeline.decode import DeadLetter, Rejected, decode_request
 from relay.pipeline.follower import TaskFollower
 from relay.pipeline.handover import Handover
 from relay.pipeline.idempotency import IdempotencyRecord, IdempotencyStore, KeyState
-from relay.pipeline.lifecycle import INTERNAL_ERROR_REASON, KEY_IN_USE_REASON, Stage, Work
+from relay.pipeline.lifecycle import (
+    INTERNAL_ERROR_REASON,
+    KEY_IN_USE_REASON,
+    RESULT_TOO_LARGE_REASON,
+    UNDECODABLE_RECORD_REASON,
+    Stage,
+    Work,
+)
 from relay.pipeline.mindvideo import MindVideoClient
 from relay.pipeline.outcomes import OutcomeRecorder
 from relay.pipeline.publisher import ResultPublisher
@@ -91,6 +104,10 @@ class RequestSteps:
         return await self._steps[stage](work)
 
     async def decode(self, work: Work) -> Stage:
+        if work.source.unparseable is not None:
+            # Nothing of the record could be read: a dead letter only, with an empty value.
+            work.undecodable = DeadLetter(UNDECODABLE_RECORD_REASON, work.source.unparseable, None)
+            return Stage.REFUSE
         decoded = decode_request(
             work.source.key,
             work.raw,
@@ -301,12 +318,22 @@ class RequestSteps:
     async def publish(self, work: Work) -> Stage:
         if work.result is None:
             work.result = self._decided_result(work)
-        await self._publisher.publish(
-            work.result,
-            webhook_url=work.webhook_url,
-            body=work.body,
-            trace=self._tracing.outbound(work.source.trace),
-        )
+        try:
+            await self._publisher.publish(
+                work.result,
+                webhook_url=work.webhook_url,
+                body=work.body,
+                trace=self._tracing.outbound(work.source.trace),
+            )
+        except RecordTooLarge as exc:
+            # Final: the same record would be refused for ever. The result goes to the
+            # dead-letter topic instead (cut to fit if need be) and the key is marked, so a
+            # duplicate of the request does not publish or charge again.
+            body = work.body if work.body is not None else work.result.to_json_bytes()
+            work.raw = body
+            await self._dead_letter(work, RESULT_TOO_LARGE_REASON, str(exc))
+            work.raw = None
+            return Stage.MARK
         self._outcomes.published(work.result, work.source.timestamp_ms)
         return Stage.MARK
 

@@ -2,7 +2,9 @@
 
 2xx: delivered. 410: the endpoint is gone, stop. 429/503: retry, honouring ``Retry-After``.
 Anything else (other statuses, 3xx included since redirects are not followed, timeouts,
-connection errors) is retried on the schedule. An SSRF refusal is final.
+connection errors) is retried on the schedule. An SSRF refusal is final. An attempt that fails
+in the relay itself (``error``: a request that cannot be built, a bug) is a failed attempt too, on
+the same schedule to the webhook dead-letter topic, never a silent retry.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from relay.webhooks.signing import WebhookSigner
 from relay.webhooks.ssrf import GuardedResolver, SsrfGuard, SsrfPolicy
 
 AttemptOutcome = Literal[
-    "success", "http_4xx", "http_5xx", "timeout", "connection_error", "refused", "gone"
+    "success", "http_4xx", "http_5xx", "timeout", "connection_error", "refused", "gone", "error"
 ]
 MAX_ERROR_CHARS = 300
 # A short answer is read so the connection can be kept alive; a long one is not worth it.
@@ -43,6 +45,12 @@ class AttemptResult:
     @property
     def retryable(self) -> bool:
         return self.outcome not in ("success", "refused", "gone")
+
+    @property
+    def says_about_endpoint(self) -> bool:
+        """Whether the outcome tells the circuit breaker something about the endpoint: not a
+        refusal by our SSRF policy, not an attempt that failed before anything was sent."""
+        return self.outcome not in ("refused", "error")
 
     @property
     def endpoint_healthy(self) -> bool:

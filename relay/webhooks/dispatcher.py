@@ -112,7 +112,10 @@ class WebhookDispatcher:
             self.store,
             self._client,
             EndpointAdmission(
-                self.guards, limiter, max_waiting=s.webhook_max_in_flight_per_endpoint
+                self.guards,
+                limiter,
+                max_waiting=s.webhook_max_in_flight_per_endpoint,
+                max_unproven=s.webhook_unproven_in_flight,
             ),
             finisher,
             metrics,

@@ -28,6 +28,7 @@ OUTCOME_CODES = {
     "connection_error": "c",
     "refused": "r",
     "gone": "g",
+    "error": "e",
 }
 FINISH_CODES = {"delivered": "d", "dead_lettered": "x", "gone": "g"}
 TYPE_CODES = {

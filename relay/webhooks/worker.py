@@ -26,7 +26,7 @@ from relay.origins import OriginLabels
 from relay.tracing.context import TraceContext
 from relay.tracing.spans import NO_TRACING, Tracing
 from relay.webhooks.admission import EndpointAdmission
-from relay.webhooks.client import AttemptResult, WebhookClient
+from relay.webhooks.client import MAX_ERROR_CHARS, AttemptResult, WebhookClient
 from relay.webhooks.deliveries import ClaimedDelivery, DeliveryStore
 from relay.webhooks.finisher import DeliveryFinisher, endpoint_host
 from relay.webhooks.history import AttemptRecord
@@ -160,6 +160,7 @@ class DeliveryWorker:
         self._set_by_label(
             self._metrics.webhook_endpoint_circuit_open, dict.fromkeys(open_origins, 1)
         )
+        self._metrics.webhook_unproven_in_flight.set(self._admission.unproven_in_flight)
         self._metrics.webhook_pending_retries.set(await self._store.pending())
         if now - self._by_origin_at >= PENDING_BY_ORIGIN_INTERVAL_S:
             self._by_origin_at = now
@@ -172,6 +173,10 @@ class DeliveryWorker:
             totals[self._labels(origin)] += n
         for label, n in totals.items():
             gauge.labels(label).set(n)
+
+    def _invalid_trace_header(self, header: str) -> None:
+        """Kept in Redis by an older relay, or written to the results topic by someone else."""
+        self._metrics.trace_context_invalid.labels(header).inc()
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
@@ -195,6 +200,9 @@ class DeliveryWorker:
             if verdict.reason == "circuit_open":
                 self._metrics.webhook_attempts.labels(label, "circuit_open").inc()
                 delay = verdict.defer_s + self._rng.uniform(0.0, DEFER_JITTER_S)
+            elif verdict.reason == "unproven":
+                self._metrics.webhook_unproven_deferred.inc()
+                delay = verdict.defer_s * self._rng.uniform(0.5, 1.5)
             elif verdict.reason == "rate_limited":
                 self._metrics.webhook_rate_limited.labels(label, "deferred").inc()
                 delay = verdict.defer_s * self._rng.uniform(1.0, 1.0 + RATE_DEFER_JITTER)
@@ -217,6 +225,16 @@ class DeliveryWorker:
             # Shutting down mid-attempt: hand the delivery back now rather than at lease expiry.
             await self._release_now(claimed)
             raise
+        except Exception as exc:  # a failed attempt, counted: never a silent loop
+            # The client answers for everything the endpoint or the network does; what is left
+            # failed in the relay (a request that cannot be built from the delivery, a bug). It
+            # uses up an attempt like any other failure, so the schedule ends it in the DLQ.
+            log.error(
+                "a webhook attempt failed in the relay; counted as a failed attempt",
+                exc_info=exc,
+                extra={"event_id": d.event_id, "origin": label},
+            )
+            result = AttemptResult("error", error=f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS])
         finally:
             self._admission.release(origin)
         record = AttemptRecord(
@@ -225,7 +243,9 @@ class DeliveryWorker:
             status=result.status,
             latency_ms=int((loop.time() - began) * 1000),
         )
-        if result.outcome != "refused":
+        if result.outcome == "success":
+            self._admission.succeeded(origin)
+        if result.says_about_endpoint:
             self._admission.guards.breaker(origin).record(result.health, _error_of(result))
         self._metrics.webhook_attempts.labels(label, result.outcome).inc()
         try:
@@ -240,7 +260,7 @@ class DeliveryWorker:
     async def _post(self, d: WebhookDelivery) -> AttemptResult:
         """The POST, in the attempt's span: a child of the result's trace context, however long
         after the result and in whichever process (it is kept with the delivery in Redis)."""
-        parent = TraceContext.parse(d.traceparent, d.tracestate) if d.traceparent else None
+        parent = TraceContext.parse(d.traceparent, d.tracestate, self._invalid_trace_header)
         with self._tracing.attempt(parent) as span:
             result = await self._client.post(
                 d.endpoint, d.event_id, d.body, self._tracing.outbound(parent)

@@ -55,3 +55,59 @@ def test_what_producers_must_not_smuggle_through() -> None:
     )
     assert first == TraceContext(PARENT), "the first traceparent counts"
     assert TraceContext(PARENT).kafka_headers() == [("traceparent", PARENT.encode())]
+
+
+LATER = "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        LATER + "-" + "a" * 900_000,  # huge: it would make the result too large to publish
+        LATER + "-\r\nx-evil: 1",  # control characters: an HTTP request cannot carry them
+        LATER + "-\x00",
+        LATER + "x",  # a later version's extra fields follow a dash
+        PARENT.replace("-01", "-0g"),  # flags are hex
+        " " + PARENT,
+    ],
+)
+def test_hostile_traceparents_are_dropped_and_reported(value: str) -> None:
+    reported: list[str] = []
+    assert TraceContext.parse(value, "a=1", reported.append) is None
+    assert reported == ["traceparent"]
+
+
+def test_a_later_version_travels_as_its_four_fields() -> None:
+    context = TraceContext.parse(LATER + "-extra-fields")
+    assert context == TraceContext(LATER)
+
+
+@pytest.mark.parametrize(
+    ("state", "carried"),
+    [
+        ("a=1", "a=1"),
+        ("congo=t61rcWkgMzE, rojo=00f067aa0ba902b7", "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7"),
+        ("tenant@vendor=x,,b=2 ", "tenant@vendor=x,b=2"),  # empty members and spaces go
+        ("a=1,a=2", None),  # a key twice
+        ("A=1", None),  # keys are lowercase
+        ("a=1=2", None),  # "=" is not a value character
+        ("a=", None),  # a value has at least one character
+        ("a=1 ,b", None),  # a member without "="
+        ("a=\x7f", None),
+        (",".join(f"k{i}=v" for i in range(33)), None),  # more than 32 members
+        ("a=" + "x" * 300, None),  # a value over 256 characters
+    ],
+)
+def test_tracestate_follows_the_w3c_list_member_rules(state: str, carried: str | None) -> None:
+    reported: list[str] = []
+    context = TraceContext.parse(PARENT, state, reported.append)
+    assert context == TraceContext(PARENT, carried)
+    assert reported == ([] if carried else ["tracestate"])
+
+
+def test_headers_that_are_not_ascii_are_reported() -> None:
+    reported: list[str] = []
+    headers = [("traceparent", PARENT.encode()), ("tracestate", "a=é".encode())]
+    assert TraceContext.from_headers(headers, reported.append) == TraceContext(PARENT)
+    assert TraceContext.from_headers([("traceparent", b"\xff" * 55)], reported.append) is None
+    assert reported == ["tracestate", "traceparent"]

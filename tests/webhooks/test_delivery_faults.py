@@ -128,3 +128,43 @@ async def test_a_hanging_endpoint_does_not_slow_a_healthy_one(
     finally:
         await healthy.stop()
         await hanging.stop()
+
+
+async def test_many_hanging_origins_leave_proven_origins_their_slots(
+    pipeline: Pipeline, topics: TopicFactory, unique: str
+) -> None:
+    """A producer names many distinct origins that never answer: together they hold at most
+    RELAY_WEBHOOK_MAX_UNPROVEN_IN_FLIGHT delivery tasks, and a proven origin is not held up."""
+    healthy = Receiver()
+    hanging = [Receiver(behaviour=lambda _: -60.0) for _ in range(6)]
+    for receiver in (healthy, *hanging):
+        await receiver.start()
+    dlq = await webhook_dlq(pipeline, topics)
+    env = webhook_env(
+        dlq,
+        RELAY_WEBHOOK_MAX_IN_FLIGHT="4",
+        RELAY_WEBHOOK_MAX_UNPROVEN_IN_FLIGHT="2",
+        RELAY_WEBHOOK_TIMEOUT_S="30",
+        RELAY_WEBHOOK_LEASE_S="40",
+    )
+    u = unique[:8]
+    try:
+        _, port = await pipeline.start_relay(**env)
+        await pipeline.produce([request(f"first-{u}", healthy.url)])
+        assert await healthy.wait_for(lambda: len(healthy.answered()) == 1, TIMEOUT_S)
+        await pipeline.produce([request(f"hang-{u}-{i}", h.url) for i, h in enumerate(hanging)])
+
+        def hung() -> int:
+            return sum(len(h.deliveries) for h in hanging)
+
+        assert await healthy.wait_for(lambda: hung() == 2, TIMEOUT_S)
+        later = [request(f"later-{u}-{i}", healthy.url) for i in range(6)]
+        await pipeline.produce(later)
+        # Without the cap the four delivery tasks would all hang for the 30 s timeout.
+        assert await healthy.wait_for(lambda: len(healthy.answered()) == 7, TIMEOUT_S)
+        assert hung() == 2, "the other hanging origins were deferred, not attempted"
+        assert await metric(port, "relay_webhook_unproven_deferred_total") >= 1
+        assert await metric(port, "relay_webhook_attempts_total", outcome="timeout") == 0
+    finally:
+        for receiver in (healthy, *hanging):
+            await receiver.stop()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
@@ -17,6 +19,23 @@ WEBHOOK_URL_HEADER = "webhook-url"
 MAX_HEADER_BYTES = 1000
 
 
+@dataclass(frozen=True, slots=True)
+class PublishedResult:
+    """A result as it is on the results topic: its bytes, the record's timestamp and what its
+    headers say (for the webhook fast path, ``relay.webhooks.direct``)."""
+
+    key: str
+    event_id: str
+    type: str
+    body: bytes
+    published_ms: int
+    webhook_url: str | None
+    trace: TraceContext | None
+
+
+OnPublished = Callable[[PublishedResult], None]
+
+
 class ResultPublisher:
     """Publishes one result record per request, keyed by the idempotency key (DESIGN §3)."""
 
@@ -27,11 +46,14 @@ class ResultPublisher:
         *,
         result_topic: str,
         dead_letter_topic: str,
+        on_published: OnPublished | None = None,
     ) -> None:
+        """``on_published`` is told of every result once the broker has it (not waited for)."""
         self._producer = producer
         self._metrics = metrics
         self._result_topic = result_topic
         self._dead_letter_topic = dead_letter_topic
+        self.on_published = on_published
 
     async def publish(
         self,
@@ -54,13 +76,24 @@ class ResultPublisher:
             headers.append((WEBHOOK_URL_HEADER, webhook_url.encode()))
         if trace is not None:
             headers.extend(trace.kafka_headers())
-        await self._producer.send_and_wait(
-            self._result_topic,
-            value=body if body is not None else result.to_json_bytes(),
-            key=result.idempotency_key.encode(),
-            headers=headers,
+        value = body if body is not None else result.to_json_bytes()
+        sent = await self._producer.send_and_wait(
+            self._result_topic, value=value, key=result.idempotency_key.encode(), headers=headers
         )
         self._metrics.results_published.labels(result.type).inc()
+        if self.on_published is not None:
+            timestamp = sent.timestamp if sent.timestamp and sent.timestamp > 0 else None
+            self.on_published(
+                PublishedResult(
+                    key=result.idempotency_key,
+                    event_id=result.event_id,
+                    type=result.type,
+                    body=value,
+                    published_ms=timestamp or int(time.time() * 1000),
+                    webhook_url=(webhook_url or "").strip() or None,
+                    trace=trace,
+                )
+            )
 
     async def dead_letter(
         self,

@@ -74,6 +74,8 @@ class DeliveryWorker:
         self._clock = clock
         self._rng = rng or random.Random()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._reserved = 0  # room promised to the fast path (``reserve``) and not yet used
+        self._full = False  # a claim round found no room: a finished task wakes the loop
         self._wakeup = asyncio.Event()
         self._stopping = False
         self._error_backoff = Backoff(0.2, 5.0, self._rng)
@@ -87,6 +89,36 @@ class DeliveryWorker:
     def wake(self) -> None:
         """New deliveries were scheduled here: look for due ones now, not at the next poll."""
         self._wakeup.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    def reserve(self, wanted: int) -> int:
+        """Promise up to ``wanted`` delivery tasks to the fast path (``relay.webhooks.direct``),
+        within ``RELAY_WEBHOOK_MAX_IN_FLIGHT``; how many were promised (none while stopping).
+        Each is used by :meth:`start` or given back by :meth:`unreserve`."""
+        if self._stopping:
+            return 0
+        granted = max(0, min(wanted, self._max_in_flight - len(self._tasks) - self._reserved))
+        self._reserved += granted
+        return granted
+
+    def unreserve(self, count: int) -> None:
+        self._reserved -= count
+
+    def start(self, claimed: ClaimedDelivery) -> None:
+        """Attempt a delivery this process leased when it scheduled it, using one promised
+        task (:meth:`reserve`)."""
+        self._reserved -= 1
+        self._spawn(claimed)
+
+    def _spawn(self, claimed: ClaimedDelivery) -> None:
+        task = asyncio.create_task(
+            self._deliver(claimed), name=f"webhook-{claimed.delivery.delivery_id[:12]}"
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
 
     async def run(self) -> None:
         errors = 0
@@ -128,17 +160,14 @@ class DeliveryWorker:
 
     async def _claim_due(self) -> bool:
         """Start what is due; ``True`` when more may be due right away."""
-        free = self._max_in_flight - len(self._tasks)
+        free = self._max_in_flight - len(self._tasks) - self._reserved
         if free <= 0:
+            self._full = True
             return False
         now = self._clock()
         refs = await self._store.due(now, free)
         for claimed in await self._store.claim(refs, now, self._lease_s):
-            task = asyncio.create_task(
-                self._deliver(claimed), name=f"webhook-{claimed.delivery.delivery_id[:12]}"
-            )
-            self._tasks.add(task)
-            task.add_done_callback(self._done)
+            self._spawn(claimed)
         return len(refs) == free
 
     async def _idle(self) -> None:
@@ -175,7 +204,11 @@ class DeliveryWorker:
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
-        self._wakeup.set()
+        if self._full:
+            # Only a worker that ran out of room needs to look again now: the others find the
+            # next due delivery at the next poll (a Redis round trip per delivery otherwise).
+            self._full = False
+            self._wakeup.set()
         if not task.cancelled() and task.exception() is not None:
             log.error("webhook delivery task failed", exc_info=task.exception())
 
@@ -189,7 +222,7 @@ class DeliveryWorker:
             await self._defer(claimed, 1.0)
             return
         except asyncio.CancelledError:
-            await self._release_now(claimed)
+            await self.release(claimed)
             raise
         if not verdict.go:
             if verdict.reason == "circuit_open":
@@ -215,7 +248,7 @@ class DeliveryWorker:
             result = await self._post(d)
         except asyncio.CancelledError:
             # Shutting down mid-attempt: hand the delivery back now rather than at lease expiry.
-            await self._release_now(claimed)
+            await self.release(claimed)
             raise
         finally:
             self._admission.release(origin)
@@ -236,6 +269,8 @@ class DeliveryWorker:
                 "recording a webhook attempt failed; it is repeated after the lease expires",
                 extra={"event_id": d.event_id, "reason": repr(exc)},
             )
+        if result.retryable:
+            self._wakeup.set()  # rescheduled: its next attempt may be due before the next poll
 
     async def _post(self, d: WebhookDelivery) -> AttemptResult:
         """The POST, in the attempt's span: a child of the result's trace context, however long
@@ -263,8 +298,10 @@ class DeliveryWorker:
             log.warning(
                 "deferring a delivery failed; its lease expires", extra={"reason": repr(exc)}
             )
+        self._wakeup.set()  # a short deferral may be due before the loop's next poll
 
-    async def _release_now(self, claimed: ClaimedDelivery) -> None:
+    async def release(self, claimed: ClaimedDelivery) -> None:
+        """Hand a leased delivery back now (due at once), rather than at lease expiry."""
         with contextlib.suppress(RedisError, TimeoutError):
             await asyncio.wait_for(
                 self._store.reschedule(claimed, self._clock()), RELEASE_TIMEOUT_S

@@ -185,7 +185,7 @@ class Relay:
                 result_topic=s.result_topic,
                 dead_letter_topic=s.dead_letter_topic,
                 # Both roles here: this process delivers its own results' webhooks at once.
-                on_published=self._webhooks.direct.offer if self._webhooks else None,
+                on_publish=self._webhooks.direct.offer if self._webhooks else None,
             ),
             outcomes=OutcomeRecorder(self.metrics, self.recent),
             handover=self.handover,

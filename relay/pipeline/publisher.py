@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import time
+import asyncio
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,19 +21,20 @@ MAX_HEADER_BYTES = 1000
 
 @dataclass(frozen=True, slots=True)
 class PublishedResult:
-    """A result as it is on the results topic: its bytes, the record's timestamp and what its
-    headers say (for the webhook fast path, ``relay.webhooks.direct``)."""
+    """A result on its way to the results topic: its bytes and what its headers say (for the
+    webhook fast path, ``relay.webhooks.direct``)."""
 
     key: str
     event_id: str
     type: str
     body: bytes
-    published_ms: int
     webhook_url: str | None
     trace: TraceContext | None
 
 
-OnPublished = Callable[[PublishedResult], None]
+# Told of each result as it is handed to the producer, with the future of the broker's answer
+# (``RecordMetadata``); called before the record can reach the broker, never waited for.
+OnPublish = Callable[[PublishedResult, "asyncio.Future[Any]"], None]
 
 
 class ResultPublisher:
@@ -46,14 +47,14 @@ class ResultPublisher:
         *,
         result_topic: str,
         dead_letter_topic: str,
-        on_published: OnPublished | None = None,
+        on_publish: OnPublish | None = None,
     ) -> None:
-        """``on_published`` is told of every result once the broker has it (not waited for)."""
+        """``on_publish`` is told of every result as it is sent (see ``OnPublish``)."""
         self._producer = producer
         self._metrics = metrics
         self._result_topic = result_topic
         self._dead_letter_topic = dead_letter_topic
-        self.on_published = on_published
+        self.on_publish = on_publish
 
     async def publish(
         self,
@@ -77,23 +78,23 @@ class ResultPublisher:
         if trace is not None:
             headers.extend(trace.kafka_headers())
         value = body if body is not None else result.to_json_bytes()
-        sent = await self._producer.send_and_wait(
+        sent = await self._producer.send(
             self._result_topic, value=value, key=result.idempotency_key.encode(), headers=headers
         )
-        self._metrics.results_published.labels(result.type).inc()
-        if self.on_published is not None:
-            timestamp = sent.timestamp if sent.timestamp and sent.timestamp > 0 else None
-            self.on_published(
+        if self.on_publish is not None:
+            self.on_publish(
                 PublishedResult(
                     key=result.idempotency_key,
                     event_id=result.event_id,
                     type=result.type,
                     body=value,
-                    published_ms=timestamp or int(time.time() * 1000),
                     webhook_url=(webhook_url or "").strip() or None,
                     trace=trace,
-                )
+                ),
+                sent,
             )
+        await sent
+        self._metrics.results_published.labels(result.type).inc()
 
     async def dead_letter(
         self,

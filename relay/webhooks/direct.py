@@ -26,11 +26,12 @@ import logging
 import secrets
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from redis.exceptions import RedisError
 
 from relay.metrics import RelayMetrics
-from relay.models import WebhookDelivery
+from relay.models import WebhookDelivery, delivery_id_for
 from relay.pipeline.publisher import PublishedResult
 from relay.tracing.context import TraceContext
 from relay.webhooks.deliveries import DeliveryStore
@@ -39,7 +40,7 @@ from relay.webhooks.worker import DeliveryWorker
 log = logging.getLogger(__name__)
 
 MAX_REMEMBERED_IDS = 50_000
-SETTLE_TIMEOUT_S = 1.0
+SETTLE_TIMEOUT_S = 5.0
 STOP_TIMEOUT_S = 2.0
 
 
@@ -100,20 +101,39 @@ class DirectDelivery:
         # Delivery ids this process scheduled, oldest first (a dict keeps insertion order).
         self._remembered: dict[str, None] = {}
 
-    def offer(self, published: PublishedResult) -> None:
-        """A result is on the results topic: schedule and attempt its deliveries (not waited
-        for; whatever fails here is left to the intake)."""
+    def offer(self, published: PublishedResult, sent: asyncio.Future[Any]) -> None:
+        """A result is on its way to the results topic (``sent``: the broker's answer, a
+        ``RecordMetadata``). Once the broker has it, schedule and attempt its deliveries (not
+        waited for: whatever fails here is left to the intake); until then, an intake that
+        reads it waits (``settled``)."""
         if self._stopped:
             return
         endpoints = [published.webhook_url] if published.webhook_url else self._default_endpoints
         if not endpoints:
             return  # the intake counts it as no_endpoint
+        ids = [delivery_id_for(published.event_id, e) for e in dict.fromkeys(endpoints)]
+        for delivery_id in ids:
+            self._on_the_way[delivery_id] = sent
+        sent.add_done_callback(lambda answer: self._sent(published, endpoints, ids, answer))
+
+    def _sent(
+        self,
+        published: PublishedResult,
+        endpoints: list[str],
+        ids: list[str],
+        answer: asyncio.Future[Any],
+    ) -> None:
+        if self._stopped or answer.cancelled() or answer.exception() is not None:
+            for delivery_id in ids:  # not published (the publisher retries): nothing to do
+                self._on_the_way.pop(delivery_id, None)
+            return
+        timestamp = getattr(answer.result(), "timestamp", None)
         deliveries = deliveries_of(
             key=published.key,
             event_id=published.event_id,
             result_type=published.type,
             body=published.body,
-            published_ms=published.published_ms,
+            published_ms=timestamp if timestamp and timestamp > 0 else int(time.time() * 1000),
             endpoints=endpoints,
             trace=published.trace,
         )
@@ -129,9 +149,14 @@ class DirectDelivery:
         """Wait (at most ``SETTLE_TIMEOUT_S``) until none of these deliveries is on its way to
         Redis here: the intake reads a result as soon as it is published, usually while its
         deliveries are being scheduled by this process, and should not schedule them twice."""
-        batches = {self._on_the_way[i] for i in delivery_ids if i in self._on_the_way}
-        if batches:
-            await asyncio.wait(batches, timeout=SETTLE_TIMEOUT_S)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + SETTLE_TIMEOUT_S
+        while True:  # acknowledged, a result's deliveries move on to a batch: wait for it too
+            waits = {self._on_the_way[i] for i in delivery_ids if i in self._on_the_way}
+            left_s = deadline - loop.time()
+            if not waits or left_s <= 0:
+                return
+            await asyncio.wait(waits, timeout=left_s)
 
     def scheduled_here(self, delivery_ids: list[str]) -> bool:
         """Whether all these deliveries were scheduled by this process (then forgotten: the
@@ -176,14 +201,13 @@ class DirectDelivery:
             done.set_result(None)
 
     async def _schedule(self, batch: list[WebhookDelivery]) -> None:
-        room = self._worker.reserve(len(batch))
+        room = self._worker.room()
         leased, rest = batch[:room], batch[room:]
         try:
             claims = await self._store.schedule_leased(leased, self._lease_s, secrets.token_hex(8))
             # No room in the worker: due now, for whichever worker has room first.
             unleased = await self._store.schedule(rest, self._clock()) if rest else 0
         except (RedisError, OSError) as exc:
-            self._worker.unreserve(room)
             self._metrics.webhook_internal_errors.labels("schedule").inc()
             log.warning(
                 "scheduling webhook deliveries at publish failed; the intake schedules them",
@@ -195,9 +219,8 @@ class DirectDelivery:
         self._metrics.webhook_scheduled.labels("publish").inc(scheduled)
         for claimed in claims:
             if claimed is None:
-                self._worker.unreserve(1)  # scheduled before: whoever did attempts it
-            elif self._worker.stopping:
-                self._worker.unreserve(1)
+                continue  # scheduled before: whoever scheduled it attempts it
+            if self._worker.stopping:
                 await self._worker.release(claimed)
             else:
                 self._worker.start(claimed)

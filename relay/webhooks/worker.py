@@ -14,6 +14,7 @@ import contextlib
 import logging
 import random
 import time
+from collections import deque
 from collections.abc import Callable
 
 from prometheus_client import Gauge
@@ -40,6 +41,8 @@ RELEASE_TIMEOUT_S = 2.0
 LEGACY_CHECK_INTERVAL_S = 60.0
 MAX_SHOWN_ERROR_CHARS = 160
 PENDING_BY_ORIGIN_INTERVAL_S = 5.0
+# Fast-path deliveries that may wait for a task, beyond RELAY_WEBHOOK_MAX_IN_FLIGHT running.
+MAX_WAITING_STARTS = 2000
 
 
 class DeliveryWorker:
@@ -74,7 +77,9 @@ class DeliveryWorker:
         self._clock = clock
         self._rng = rng or random.Random()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._reserved = 0  # room promised to the fast path (``reserve``) and not yet used
+        # Leased by the fast path, waiting for a task (``start``), with when they were leased.
+        self._waiting: deque[tuple[ClaimedDelivery, float]] = deque()
+        self._monotonic = time.monotonic
         self._full = False  # a claim round found no room: a finished task wakes the loop
         self._wakeup = asyncio.Event()
         self._stopping = False
@@ -94,24 +99,36 @@ class DeliveryWorker:
     def stopping(self) -> bool:
         return self._stopping
 
-    def reserve(self, wanted: int) -> int:
-        """Promise up to ``wanted`` delivery tasks to the fast path (``relay.webhooks.direct``),
-        within ``RELAY_WEBHOOK_MAX_IN_FLIGHT``; how many were promised (none while stopping).
-        Each is used by :meth:`start` or given back by :meth:`unreserve`."""
+    def room(self) -> int:
+        """How many more leased deliveries :meth:`start` takes now, running or waiting for a
+        task (none while stopping)."""
         if self._stopping:
             return 0
-        granted = max(0, min(wanted, self._max_in_flight - len(self._tasks) - self._reserved))
-        self._reserved += granted
-        return granted
-
-    def unreserve(self, count: int) -> None:
-        self._reserved -= count
+        return self._max_in_flight + MAX_WAITING_STARTS - len(self._tasks) - len(self._waiting)
 
     def start(self, claimed: ClaimedDelivery) -> None:
-        """Attempt a delivery this process leased when it scheduled it, using one promised
-        task (:meth:`reserve`)."""
-        self._reserved -= 1
-        self._spawn(claimed)
+        """Attempt a delivery this process leased when it scheduled it (the fast path,
+        ``relay.webhooks.direct``): at once while fewer than ``RELAY_WEBHOOK_MAX_IN_FLIGHT`` run,
+        else as soon as one ends, ahead of anything the worker would claim."""
+        if len(self._tasks) < self._max_in_flight and not self._waiting:
+            self._spawn(claimed)
+        else:
+            self._waiting.append((claimed, self._monotonic()))
+
+    def _start_waiting(self) -> None:
+        """Start waiting deliveries while there is room; one that waited for half its lease
+        is handed back instead (due at once, for any worker), so no lease runs out unattempted."""
+        while self._waiting and len(self._tasks) < self._max_in_flight and not self._stopping:
+            claimed, since = self._waiting.popleft()
+            if self._monotonic() - since > self._lease_s / 2:
+                self._spawn_release(claimed)
+            else:
+                self._spawn(claimed)
+
+    def _spawn_release(self, claimed: ClaimedDelivery) -> None:
+        task = asyncio.create_task(self.release(claimed), name="webhook-release")
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
 
     def _spawn(self, claimed: ClaimedDelivery) -> None:
         task = asyncio.create_task(
@@ -141,6 +158,8 @@ class DeliveryWorker:
         """Stop claiming; let attempts finish for ``grace_s``, then cancel and release them."""
         self._stopping = True
         self._wakeup.set()
+        while self._waiting:  # never started: handed back at once
+            self._spawn_release(self._waiting.popleft()[0])
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=grace_s)
         for task in set(self._tasks):
@@ -160,7 +179,7 @@ class DeliveryWorker:
 
     async def _claim_due(self) -> bool:
         """Start what is due; ``True`` when more may be due right away."""
-        free = self._max_in_flight - len(self._tasks) - self._reserved
+        free = self._max_in_flight - len(self._tasks) - len(self._waiting)
         if free <= 0:
             self._full = True
             return False
@@ -204,6 +223,7 @@ class DeliveryWorker:
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
+        self._start_waiting()
         if self._full:
             # Only a worker that ran out of room needs to look again now: the others find the
             # next due delivery at the next poll (a Redis round trip per delivery otherwise).

@@ -80,6 +80,8 @@ class DeliveryWorker:
         # Leased by the fast path, waiting for a task (``start``), with when they were leased.
         self._waiting: deque[tuple[ClaimedDelivery, float]] = deque()
         self._monotonic = time.monotonic
+        # Deliveries of a busy origin kept in the process until they are queued again (``_hold``).
+        self._held: dict[str, tuple[ClaimedDelivery, asyncio.TimerHandle]] = {}
         self._full = False  # a claim round found no room: a finished task wakes the loop
         self._wakeup = asyncio.Event()
         self._stopping = False
@@ -104,14 +106,15 @@ class DeliveryWorker:
         task (none while stopping)."""
         if self._stopping:
             return 0
-        return self._max_in_flight + MAX_WAITING_STARTS - len(self._tasks) - len(self._waiting)
+        queued = len(self._tasks) + len(self._waiting) + len(self._held)
+        return self._max_in_flight + MAX_WAITING_STARTS - queued
 
     def start(self, claimed: ClaimedDelivery) -> None:
         """Attempt a delivery this process leased when it scheduled it (the fast path,
         ``relay.webhooks.direct``): at once while fewer than ``RELAY_WEBHOOK_MAX_IN_FLIGHT`` run,
         else as soon as one ends, ahead of anything the worker would claim."""
         if len(self._tasks) < self._max_in_flight and not self._waiting:
-            self._spawn(claimed)
+            self._spawn(claimed, self._monotonic())
         else:
             self._waiting.append((claimed, self._monotonic()))
 
@@ -123,16 +126,32 @@ class DeliveryWorker:
             if self._monotonic() - since > self._lease_s / 2:
                 self._spawn_release(claimed)
             else:
-                self._spawn(claimed)
+                self._spawn(claimed, since)
+
+    def _hold(self, claimed: ClaimedDelivery, leased_at: float, delay_s: float) -> bool:
+        """Keep a delivery whose origin is busy for ``delay_s`` and queue it again, while its
+        lease has time left (it is ours until then); ``False``: defer it in Redis instead."""
+        if self._stopping or len(self._held) >= self._max_in_flight:
+            return False  # a bound: behind a hanging origin, the rest go back to Redis
+        if self._monotonic() - leased_at + delay_s > self._lease_s / 2:
+            return False
+        handle = asyncio.get_running_loop().call_later(delay_s, self._unhold, claimed, leased_at)
+        self._held[claimed.delivery.delivery_id] = (claimed, handle)
+        return True
+
+    def _unhold(self, claimed: ClaimedDelivery, leased_at: float) -> None:
+        del self._held[claimed.delivery.delivery_id]
+        self._waiting.append((claimed, leased_at))
+        self._start_waiting()
 
     def _spawn_release(self, claimed: ClaimedDelivery) -> None:
         task = asyncio.create_task(self.release(claimed), name="webhook-release")
         self._tasks.add(task)
         task.add_done_callback(self._done)
 
-    def _spawn(self, claimed: ClaimedDelivery) -> None:
+    def _spawn(self, claimed: ClaimedDelivery, leased_at: float) -> None:
         task = asyncio.create_task(
-            self._deliver(claimed), name=f"webhook-{claimed.delivery.delivery_id[:12]}"
+            self._deliver(claimed, leased_at), name=f"webhook-{claimed.delivery.delivery_id[:12]}"
         )
         self._tasks.add(task)
         task.add_done_callback(self._done)
@@ -160,6 +179,10 @@ class DeliveryWorker:
         self._wakeup.set()
         while self._waiting:  # never started: handed back at once
             self._spawn_release(self._waiting.popleft()[0])
+        for claimed, handle in self._held.values():
+            handle.cancel()
+            self._spawn_release(claimed)
+        self._held.clear()
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=grace_s)
         for task in set(self._tasks):
@@ -185,8 +208,9 @@ class DeliveryWorker:
             return False
         now = self._clock()
         refs = await self._store.due(now, free)
+        leased_at = self._monotonic()
         for claimed in await self._store.claim(refs, now, self._lease_s):
-            self._spawn(claimed)
+            self._spawn(claimed, leased_at)
         return len(refs) == free
 
     async def _idle(self) -> None:
@@ -232,7 +256,7 @@ class DeliveryWorker:
         if not task.cancelled() and task.exception() is not None:
             log.error("webhook delivery task failed", exc_info=task.exception())
 
-    async def _deliver(self, claimed: ClaimedDelivery) -> None:
+    async def _deliver(self, claimed: ClaimedDelivery, leased_at: float) -> None:
         origin, label = claimed.origin, self._labels(claimed.origin)
         try:
             verdict = await self._admission.admit(origin)
@@ -253,6 +277,8 @@ class DeliveryWorker:
                 delay = verdict.defer_s * self._rng.uniform(1.0, 1.0 + RATE_DEFER_JITTER)
             else:
                 delay = verdict.defer_s * self._rng.uniform(0.5, 1.5)
+                if self._hold(claimed, leased_at, delay):
+                    return  # busy origin: tried again from this process, no Redis round trip
             await self._defer(claimed, delay)
             return
         if verdict.waited_s > 0:

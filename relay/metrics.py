@@ -354,6 +354,14 @@ class RelayMetrics:
             "RELAY_WEBHOOK_MAX_UNPROVEN_IN_FLIGHT deliveries of such origins were under way.",
             registry=r,
         )
+        self.webhook_scheduled = Counter(
+            "relay_webhook_scheduled_total",
+            "Webhook deliveries scheduled, by path: publish (by the process that published the "
+            "result, attempted at once) or intake (from the results topic: results of other "
+            "processes, or left unscheduled by a crash or a Redis error).",
+            ["path"],
+            registry=r,
+        )
         self.webhook_internal_errors = Counter(
             "relay_webhook_internal_errors_total",
             "Redis or Kafka errors in the webhook pipeline, by operation (each is retried; "

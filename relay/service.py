@@ -194,6 +194,8 @@ class Relay:
                 result_topic=s.result_topic,
                 dead_letter_topic=s.dead_letter_topic,
                 max_message_bytes=limits,
+                # Both roles here: this process delivers its own results' webhooks at once.
+                on_publish=self._webhooks.direct.offer if self._webhooks else None,
             ),
             outcomes=OutcomeRecorder(self.metrics, self.recent),
             handover=self.handover,

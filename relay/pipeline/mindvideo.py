@@ -81,6 +81,7 @@ class MindVideoClient:
         as their tasks run never take connections that submits and polls need."""
         self._session = session
         self._stream_session = stream_session or session
+        self._stream_timeouts: dict[float, aiohttp.ClientTimeout] = {}
         self._base = base_url.rstrip("/") + "/api/v1"
         self._headers = {"Authorization": f"Bearer {api_key}", "Accept": "application/json"}
         self._metrics = metrics
@@ -149,7 +150,10 @@ class MindVideoClient:
         headers = {**self._headers, "Accept": "text/event-stream", "Cache-Control": "no-cache"}
         if last_event_id is not None:
             headers["Last-Event-ID"] = last_event_id
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=idle_timeout_s)
+        timeout = self._stream_timeouts.get(idle_timeout_s)
+        if timeout is None:  # one per idle timeout (there is one): not built per request
+            timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=idle_timeout_s)
+            self._stream_timeouts[idle_timeout_s] = timeout
         url = f"{self._base}/tasks/{task_id}/events"
         try:
             async with self._stream_session.get(url, headers=headers, timeout=timeout) as resp:

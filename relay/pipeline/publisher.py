@@ -15,9 +15,11 @@ it is dropped with an error log. Each case counts in
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import suppress
+from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
@@ -50,6 +52,24 @@ DEFAULT_MAX_BATCH_BYTES = 16384
 Headers = list[tuple[str, bytes]]
 
 
+@dataclass(frozen=True, slots=True)
+class PublishedResult:
+    """A result on its way to the results topic: its bytes and what its headers say (for the
+    webhook fast path, ``relay.webhooks.direct``)."""
+
+    key: str
+    event_id: str
+    type: str
+    body: bytes
+    webhook_url: str | None
+    trace: TraceContext | None
+
+
+# Told of each result as it is handed to the producer, with the future of the broker's answer
+# (``RecordMetadata``); called before the record can reach the broker, never waited for.
+OnPublish = Callable[[PublishedResult, "asyncio.Future[Any]"], None]
+
+
 class ResultPublisher:
     """Publishes one result record per request, keyed by the idempotency key (DESIGN §3)."""
 
@@ -61,15 +81,18 @@ class ResultPublisher:
         result_topic: str,
         dead_letter_topic: str,
         max_message_bytes: Mapping[str, int] | None = None,
+        on_publish: OnPublish | None = None,
     ) -> None:
         """``max_message_bytes``: each topic's limit as the broker reports it
-        (``relay.topics.max_message_bytes``): a record over it is not sent at all."""
+        (``relay.topics.max_message_bytes``): a record over it is not sent at all.
+        ``on_publish`` is told of every result as it is sent (see ``OnPublish``)."""
         self._producer = producer
         self._limits = dict(max_message_bytes or {})
         self._metrics = metrics
         self._result_topic = result_topic
         self._dead_letter_topic = dead_letter_topic
         self._partitioner = DefaultPartitioner()
+        self.on_publish = on_publish
 
     async def publish(
         self,
@@ -95,8 +118,25 @@ class ResultPublisher:
         key = result.idempotency_key.encode()
         trace_headers = trace.kafka_headers() if trace is not None else []
         try:
-            await self._send(self._result_topic, value, key, headers + trace_headers)
+            self._check_size(self._result_topic, value, key, headers + trace_headers)
+            sent = await self._producer.send(
+                self._result_topic, value=value, key=key, headers=headers + trace_headers
+            )
+            if self.on_publish is not None:
+                self.on_publish(
+                    PublishedResult(
+                        key=result.idempotency_key,
+                        event_id=result.event_id,
+                        type=result.type,
+                        body=value,
+                        webhook_url=(webhook_url or "").strip() or None,
+                        trace=trace,
+                    ),
+                    sent,
+                )
+            await sent
         except TOO_LARGE_ERRORS:
+            # Not offered again: the intake schedules the deliveries of whatever gets published.
             await self._publish_alone(result, value, key, headers, trace_headers)
         self._metrics.results_published.labels(result.type).inc()
 

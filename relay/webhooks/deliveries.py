@@ -130,12 +130,40 @@ class DeliveryStore:
             results = await pipe.execute()
         return sum(int(r) for r in results)
 
+    async def schedule_leased(
+        self, deliveries: list[WebhookDelivery], lease_s: float, token: str
+    ) -> list[ClaimedDelivery | None]:
+        """Add deliveries already leased to the caller (token ``token``, for ``lease_s``), to be
+        attempted by it at once: one pipeline for all. Per delivery, the claim, or ``None`` when
+        it was scheduled before (pending, or finished within the retention): the process that
+        scheduled it attempts it. A holder that dies leaves it to be claimed at lease expiry."""
+        if not deliveries:
+            return []
+        now = self._clock()
+        async with pipeline(self._redis) as pipe:
+            for d in deliveries:
+                await self._schedule_one(pipe, d, now + lease_s, False, now, lease=token)
+            results = await pipe.execute()
+        return [
+            ClaimedDelivery(d, token, self.shard_of(d.idempotency_key)) if int(r) else None
+            for d, r in zip(deliveries, results, strict=True)
+        ]
+
     async def _schedule_one(
-        self, client: Pipeline, d: WebhookDelivery, due: float, force: bool, now: float
+        self,
+        client: Pipeline,
+        d: WebhookDelivery,
+        due: float,
+        force: bool,
+        now: float,
+        *,
+        lease: str | None = None,
     ) -> None:
         shard = self.shard_of(d.idempotency_key)
         done = self.done_keys(shard, now)
         fields = [item for pair in d.to_fields().items() for item in pair]
+        if lease is not None:
+            fields += [b"lease", lease.encode()]
         await self._schedule(
             keys=[
                 self.due_key(shard),

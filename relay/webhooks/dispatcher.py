@@ -24,6 +24,7 @@ from relay.webhooks.admission import EndpointAdmission
 from relay.webhooks.breaker import BreakerConfig, BreakerState, EndpointGuards
 from relay.webhooks.client import WebhookClient
 from relay.webhooks.deliveries import store_from_settings
+from relay.webhooks.direct import DirectDelivery
 from relay.webhooks.events import OperationalEvents
 from relay.webhooks.finisher import DeliveryFinisher
 from relay.webhooks.health import endpoint_rows
@@ -136,6 +137,16 @@ class WebhookDispatcher:
             session_timeout_ms=s.kafka_session_timeout_ms,
             heartbeat_interval_ms=s.kafka_heartbeat_interval_ms,
         )
+        # The fast path, used only when the request pipeline publishes in this process
+        # (``relay.service`` wires it to the publisher for RELAY_ROLE=all).
+        self.direct = DirectDelivery(
+            self.store,
+            self.worker,
+            metrics,
+            default_endpoints=s.webhook_default_urls,
+            lease_s=s.webhook_lease_s,
+            clock=clock,
+        )
         self.intake = ResultIntake(
             self._consumer,
             self.store,
@@ -143,6 +154,7 @@ class WebhookDispatcher:
             topic=s.result_topic,
             default_endpoints=s.webhook_default_urls,
             on_scheduled=self.worker.wake,
+            direct=self.direct,
             clock=clock,
         )
         self._tasks: list[asyncio.Task[None]] = []
@@ -216,6 +228,7 @@ class WebhookDispatcher:
     async def stop(self, grace_s: float) -> None:
         """Stop reading results, let attempts in flight finish within the grace, close."""
         self.intake.stop()
+        await self.direct.stop()
         await self.worker.stop(min(grace_s, MAX_STOP_GRACE_S))
         if self._tasks:
             # The intake may still be joining its group; scheduling is idempotent, so cut it.

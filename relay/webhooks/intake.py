@@ -4,6 +4,11 @@ Being driven by the results topic means a result is never delivered before it is
 webhook trouble never holds back the request pipeline. A batch's offsets are committed only after
 its deliveries are durably scheduled in Redis; re-reading a result after a crash schedules
 nothing new (the delivery id is derived from the event id and the endpoint).
+
+Where the request pipeline runs in the same process, it schedules its own results' deliveries
+as it publishes them (``relay.webhooks.direct``); the intake is then the durable backstop, for
+results published by other processes and for a process that died between the two, and skips,
+without asking Redis, the deliveries this process has already scheduled.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -23,11 +29,12 @@ from redis.exceptions import RedisError
 
 from relay.backoff import Backoff
 from relay.metrics import RelayMetrics
-from relay.models import WebhookDelivery
+from relay.models import WebhookDelivery, delivery_id_for
 from relay.pipeline.publisher import WEBHOOK_URL_HEADER
 from relay.pipeline.unparseable import UNPARSEABLE_ERRORS, find_unparseable
 from relay.tracing.context import TRACEPARENT, TRACESTATE, InvalidHeader, TraceContext
 from relay.webhooks.deliveries import DeliveryStore
+from relay.webhooks.direct import DirectDelivery, deliveries_of
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +53,40 @@ def deliveries_for(
     default endpoints, each carrying the record's trace context when it is valid (a malformed one
     is reported to ``on_invalid_trace`` and not carried). ``None`` when the record is not a result
     the relay can deliver."""
+    found = _read(record, default_endpoints)
+    return None if found is None else found.deliveries(on_invalid_trace)
+
+
+@dataclass(frozen=True, slots=True)
+class _Result:
+    """What the intake needs of one result record, read from its headers."""
+
+    record: Any
+    event_id: str
+    type: str
+    endpoints: list[str]
+    headers: dict[str, str]
+
+    def delivery_ids(self) -> list[str]:
+        return [delivery_id_for(self.event_id, endpoint) for endpoint in self.endpoints]
+
+    def deliveries(self, on_invalid_trace: InvalidHeader | None = None) -> list[WebhookDelivery]:
+        record, headers = self.record, self.headers
+        trace = TraceContext.parse(
+            headers.get(TRACEPARENT), headers.get(TRACESTATE), on_invalid_trace or _ignore_invalid
+        )
+        return deliveries_of(
+            key=(record.key or b"").decode("utf-8", "replace"),
+            event_id=self.event_id,
+            result_type=self.type,
+            body=record.value,
+            published_ms=record.timestamp or int(time.time() * 1000),
+            endpoints=self.endpoints,
+            trace=trace,
+        )
+
+
+def _read(record: Any, default_endpoints: Sequence[str]) -> _Result | None:
     if record.value is None:
         return None
     headers = {name: value.decode("utf-8", "replace") for name, value in record.headers or ()}
@@ -57,24 +98,8 @@ def deliveries_for(
         except (ValueError, KeyError, TypeError):
             return None
     own = headers.get(WEBHOOK_URL_HEADER, "").strip()
-    endpoints = [own] if own else list(default_endpoints)
-    key = (record.key or b"").decode("utf-8", "replace")
-    trace = TraceContext.parse(
-        headers.get(TRACEPARENT), headers.get(TRACESTATE), on_invalid_trace or _ignore_invalid
-    )
-    return [
-        WebhookDelivery(
-            endpoint=endpoint,
-            event_id=event_id,
-            idempotency_key=key,
-            type=result_type,
-            body=record.value,
-            published_ms=record.timestamp or int(time.time() * 1000),
-            traceparent=trace.traceparent if trace else None,
-            tracestate=trace.tracestate if trace else None,
-        )
-        for endpoint in dict.fromkeys(endpoints)
-    ]
+    endpoints = list(dict.fromkeys([own] if own else default_endpoints))
+    return _Result(record, str(event_id), str(result_type), endpoints, headers)
 
 
 def _ignore_invalid(_header: str) -> None:
@@ -99,14 +124,18 @@ class ResultIntake:
         topic: str,
         default_endpoints: Sequence[str],
         on_scheduled: Callable[[], None],
+        direct: DirectDelivery | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        """``on_scheduled``: new deliveries are due now. ``direct``: the fast path of this
+        process, whose deliveries are in Redis already and need no round trip."""
         self._consumer = consumer
         self._store = store
         self._metrics = metrics
         self._topic = topic
         self._default_endpoints = list(default_endpoints)
         self._on_scheduled = on_scheduled
+        self._direct = direct
         self._clock = clock
         self._stopping = asyncio.Event()
         self._backoff = Backoff(0.2, 10.0)
@@ -146,23 +175,24 @@ class ResultIntake:
                 return
 
     async def _handle(self, batch: dict[TopicPartition, list[Any]]) -> bool:
-        """Schedule the batch's deliveries, then commit past it; ``False`` when scheduling
-        gave up because the intake is stopping."""
-        deliveries: list[WebhookDelivery] = []
+        """Schedule the batch's deliveries (those this process has not scheduled itself), then
+        commit past it; ``False`` when scheduling gave up because the intake is stopping."""
+        results: list[_Result] = []
         offsets: dict[TopicPartition, int] = {}
         for tp, records in batch.items():
             for record in records:
-                found = deliveries_for(record, self._default_endpoints, self._invalid_trace_header)
+                found = _read(record, self._default_endpoints)
                 if found is None:
                     log.warning(
                         "result record without an event id or type; not delivered",
                         extra={"partition": tp.partition, "offset": record.offset},
                     )
-                elif not found:
+                elif not found.endpoints:
                     self._metrics.webhook_deliveries.labels("no_endpoint").inc()
-                deliveries.extend(found or ())
+                else:
+                    results.append(found)
             offsets[tp] = records[-1].offset + 1
-        if not await self._schedule(deliveries):
+        if not await self._schedule(await self._not_scheduled_here(results)):
             return False
         self._on_scheduled()
         self._positions.update(offsets)
@@ -209,6 +239,20 @@ class ResultIntake:
                 return True
         return True
 
+    async def _not_scheduled_here(self, results: list[_Result]) -> list[WebhookDelivery]:
+        """The deliveries of ``results`` this process has not scheduled itself (waiting first
+        for those it is scheduling right now)."""
+        if self._direct is None:
+            return [d for found in results for d in found.deliveries(self._invalid_trace_header)]
+        ids = [found.delivery_ids() for found in results]
+        await self._direct.settled([i for group in ids for i in group])
+        return [
+            d
+            for found, group in zip(results, ids, strict=True)
+            if not self._direct.scheduled_here(group)
+            for d in found.deliveries(self._invalid_trace_header)
+        ]
+
     async def _pause_while_idle(self) -> None:
         """Stop fetching for a moment: a broker that answers empty fetches at once instead of
         waiting ``fetch.max.wait.ms`` (noida-db does) would keep the fetcher spinning, a
@@ -229,7 +273,10 @@ class ResultIntake:
         failures = 0
         while True:
             try:
-                await self._store.schedule(deliveries, self._clock())
+                scheduled = await self._store.schedule(deliveries, self._clock())
+                if scheduled:
+                    self._metrics.webhook_scheduled.labels("intake").inc(scheduled)
+                    self._on_scheduled()
                 return True
             except RedisError as exc:
                 failures += 1

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import random
 import time
+from collections import deque
 from collections.abc import Callable
 
 from prometheus_client import Gauge
@@ -40,6 +41,8 @@ RELEASE_TIMEOUT_S = 2.0
 LEGACY_CHECK_INTERVAL_S = 60.0
 MAX_SHOWN_ERROR_CHARS = 160
 PENDING_BY_ORIGIN_INTERVAL_S = 5.0
+# Fast-path deliveries that may wait for a task, beyond RELAY_WEBHOOK_MAX_IN_FLIGHT running.
+MAX_WAITING_STARTS = 2000
 
 
 class DeliveryWorker:
@@ -74,6 +77,12 @@ class DeliveryWorker:
         self._clock = clock
         self._rng = rng or random.Random()
         self._tasks: set[asyncio.Task[None]] = set()
+        # Leased by the fast path, waiting for a task (``start``), with when they were leased.
+        self._waiting: deque[tuple[ClaimedDelivery, float]] = deque()
+        self._monotonic = time.monotonic
+        # Deliveries of a busy origin kept in the process until they are queued again (``_hold``).
+        self._held: dict[str, tuple[ClaimedDelivery, asyncio.TimerHandle]] = {}
+        self._full = False  # a claim round found no room: a finished task wakes the loop
         self._wakeup = asyncio.Event()
         self._stopping = False
         self._error_backoff = Backoff(0.2, 5.0, self._rng)
@@ -87,6 +96,65 @@ class DeliveryWorker:
     def wake(self) -> None:
         """New deliveries were scheduled here: look for due ones now, not at the next poll."""
         self._wakeup.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    def room(self) -> int:
+        """How many more leased deliveries :meth:`start` takes now, running or waiting for a
+        task (none while stopping)."""
+        if self._stopping:
+            return 0
+        queued = len(self._tasks) + len(self._waiting) + len(self._held)
+        return self._max_in_flight + MAX_WAITING_STARTS - queued
+
+    def start(self, claimed: ClaimedDelivery) -> None:
+        """Attempt a delivery this process leased when it scheduled it (the fast path,
+        ``relay.webhooks.direct``): at once while fewer than ``RELAY_WEBHOOK_MAX_IN_FLIGHT`` run,
+        else as soon as one ends, ahead of anything the worker would claim."""
+        if len(self._tasks) < self._max_in_flight and not self._waiting:
+            self._spawn(claimed, self._monotonic())
+        else:
+            self._waiting.append((claimed, self._monotonic()))
+
+    def _start_waiting(self) -> None:
+        """Start waiting deliveries while there is room; one that waited for half its lease
+        is handed back instead (due at once, for any worker), so no lease runs out unattempted."""
+        while self._waiting and len(self._tasks) < self._max_in_flight and not self._stopping:
+            claimed, since = self._waiting.popleft()
+            if self._monotonic() - since > self._lease_s / 2:
+                self._spawn_release(claimed)
+            else:
+                self._spawn(claimed, since)
+
+    def _hold(self, claimed: ClaimedDelivery, leased_at: float, delay_s: float) -> bool:
+        """Keep a delivery whose origin is busy for ``delay_s`` and queue it again, while its
+        lease has time left (it is ours until then); ``False``: defer it in Redis instead."""
+        if self._stopping or len(self._held) >= self._max_in_flight:
+            return False  # a bound: behind a hanging origin, the rest go back to Redis
+        if self._monotonic() - leased_at + delay_s > self._lease_s / 2:
+            return False
+        handle = asyncio.get_running_loop().call_later(delay_s, self._unhold, claimed, leased_at)
+        self._held[claimed.delivery.delivery_id] = (claimed, handle)
+        return True
+
+    def _unhold(self, claimed: ClaimedDelivery, leased_at: float) -> None:
+        del self._held[claimed.delivery.delivery_id]
+        self._waiting.append((claimed, leased_at))
+        self._start_waiting()
+
+    def _spawn_release(self, claimed: ClaimedDelivery) -> None:
+        task = asyncio.create_task(self.release(claimed), name="webhook-release")
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _spawn(self, claimed: ClaimedDelivery, leased_at: float) -> None:
+        task = asyncio.create_task(
+            self._deliver(claimed, leased_at), name=f"webhook-{claimed.delivery.delivery_id[:12]}"
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
 
     async def run(self) -> None:
         errors = 0
@@ -109,6 +177,12 @@ class DeliveryWorker:
         """Stop claiming; let attempts finish for ``grace_s``, then cancel and release them."""
         self._stopping = True
         self._wakeup.set()
+        while self._waiting:  # never started: handed back at once
+            self._spawn_release(self._waiting.popleft()[0])
+        for claimed, handle in self._held.values():
+            handle.cancel()
+            self._spawn_release(claimed)
+        self._held.clear()
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=grace_s)
         for task in set(self._tasks):
@@ -128,17 +202,15 @@ class DeliveryWorker:
 
     async def _claim_due(self) -> bool:
         """Start what is due; ``True`` when more may be due right away."""
-        free = self._max_in_flight - len(self._tasks)
+        free = self._max_in_flight - len(self._tasks) - len(self._waiting)
         if free <= 0:
+            self._full = True
             return False
         now = self._clock()
         refs = await self._store.due(now, free)
+        leased_at = self._monotonic()
         for claimed in await self._store.claim(refs, now, self._lease_s):
-            task = asyncio.create_task(
-                self._deliver(claimed), name=f"webhook-{claimed.delivery.delivery_id[:12]}"
-            )
-            self._tasks.add(task)
-            task.add_done_callback(self._done)
+            self._spawn(claimed, leased_at)
         return len(refs) == free
 
     async def _idle(self) -> None:
@@ -180,11 +252,16 @@ class DeliveryWorker:
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
-        self._wakeup.set()
+        self._start_waiting()
+        if self._full:
+            # Only a worker that ran out of room needs to look again now: the others find the
+            # next due delivery at the next poll (a Redis round trip per delivery otherwise).
+            self._full = False
+            self._wakeup.set()
         if not task.cancelled() and task.exception() is not None:
             log.error("webhook delivery task failed", exc_info=task.exception())
 
-    async def _deliver(self, claimed: ClaimedDelivery) -> None:
+    async def _deliver(self, claimed: ClaimedDelivery, leased_at: float) -> None:
         origin, label = claimed.origin, self._labels(claimed.origin)
         try:
             verdict = await self._admission.admit(origin)
@@ -194,7 +271,7 @@ class DeliveryWorker:
             await self._defer(claimed, 1.0)
             return
         except asyncio.CancelledError:
-            await self._release_now(claimed)
+            await self.release(claimed)
             raise
         if not verdict.go:
             if verdict.reason == "circuit_open":
@@ -208,6 +285,8 @@ class DeliveryWorker:
                 delay = verdict.defer_s * self._rng.uniform(1.0, 1.0 + RATE_DEFER_JITTER)
             else:
                 delay = verdict.defer_s * self._rng.uniform(0.5, 1.5)
+                if self._hold(claimed, leased_at, delay):
+                    return  # busy origin: tried again from this process, no Redis round trip
             await self._defer(claimed, delay)
             return
         if verdict.waited_s > 0:
@@ -223,7 +302,7 @@ class DeliveryWorker:
             result = await self._post(d)
         except asyncio.CancelledError:
             # Shutting down mid-attempt: hand the delivery back now rather than at lease expiry.
-            await self._release_now(claimed)
+            await self.release(claimed)
             raise
         except Exception as exc:  # a failed attempt, counted: never a silent loop
             # The client answers for everything the endpoint or the network does; what is left
@@ -256,6 +335,8 @@ class DeliveryWorker:
                 "recording a webhook attempt failed; it is repeated after the lease expires",
                 extra={"event_id": d.event_id, "reason": repr(exc)},
             )
+        if result.retryable:
+            self._wakeup.set()  # rescheduled: its next attempt may be due before the next poll
 
     async def _post(self, d: WebhookDelivery) -> AttemptResult:
         """The POST, in the attempt's span: a child of the result's trace context, however long
@@ -283,8 +364,10 @@ class DeliveryWorker:
             log.warning(
                 "deferring a delivery failed; its lease expires", extra={"reason": repr(exc)}
             )
+        self._wakeup.set()  # a short deferral may be due before the loop's next poll
 
-    async def _release_now(self, claimed: ClaimedDelivery) -> None:
+    async def release(self, claimed: ClaimedDelivery) -> None:
+        """Hand a leased delivery back now (due at once), rather than at lease expiry."""
         with contextlib.suppress(RedisError, TimeoutError):
             await asyncio.wait_for(
                 self._store.reschedule(claimed, self._clock()), RELEASE_TIMEOUT_S

@@ -3,6 +3,7 @@ and headed as DESIGN §3 and the webhook dispatcher expect, dead letters with th
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +19,13 @@ class FakeProducer:
 
     async def send_and_wait(self, topic: str, **record: Any) -> None:
         self.sent.append({"topic": topic, **record})
+
+    async def send(self, topic: str, **record: Any) -> asyncio.Future[None]:
+        """As aiokafka's: the record is queued, the future is the broker's answer."""
+        self.sent.append({"topic": topic, **record})
+        answer: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        answer.set_result(None)
+        return answer
 
 
 def _publisher() -> tuple[ResultPublisher, FakeProducer, RelayMetrics]:

@@ -115,8 +115,9 @@ async def _exercise_every_store(redis: RedisClient, prefix: str) -> None:
             key, task_id=f"task_{i}", request_id=None, cost_estimate=0.01, submitted_at="now"
         )
         assert await idem.first_time(key, "rejected:x")
-        await idem.mark_terminal(key, rejection(key, "invalid_input", "x").to_json_bytes())
-        await idem.mark_published(key)
+        result = rejection(key, "invalid_input", "x")
+        await idem.mark_terminal(key, result.to_json_bytes())
+        await idem.mark_published(key, result)
         assert (await idem.claim(key, "fp", "model", "now")).outcome == "existing"
     webhooks = DeliveryStore(redis, prefix=prefix, done_retention_s=600)
     now = time.time()

@@ -14,12 +14,14 @@ batch: it only shortens a replay after a restart, and is never waited for.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Literal
 
-from relay.models import ResultRecord
+from relay.models import ResultRecord, event_id_for, format_ts
 from relay.pipeline.batching import RedisBatcher
 from relay.redis import RedisClient
 
@@ -32,9 +34,14 @@ redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
 return 1
 """
 
+# A tombstone keeps the fingerprint's first FP_TOMBSTONE_CHARS hex digits: it matches a payload
+# whose fingerprint starts with them.
 _CLAIM_LUA = """
 local fp = redis.call('HGET', KEYS[1], 'fp')
-if (not fp) or (fp ~= ARGV[1] and redis.call('HGET', KEYS[1], 'state') == 'rejected') then
+if fp and #fp < #ARGV[1] and fp == string.sub(ARGV[1], 1, #fp) then fp = ARGV[1] end
+local rejected = redis.call('HGET', KEYS[1], 'state') == 'rejected'
+  or redis.call('HGET', KEYS[1], 's') == 'r'
+if (not fp) or (fp ~= ARGV[1] and rejected) then
   redis.call('DEL', KEYS[1])
   redis.call('HSET', KEYS[1], 'fp', ARGV[1], 'state', 'claimed', 'claimed_at', ARGV[2],
              'model', ARGV[4])
@@ -61,6 +68,22 @@ redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
 return 1
 """
 
+# Shrink a finished record to its tombstone (state, short fingerprint, task, result type,
+# times, and the once-markers of rejections), so a week of them stays small; HSET with the
+# fields ARGV[3..], then every `seen:` marker the record had. ARGV: retention, fp length.
+_TOMBSTONE_LUA = """
+local fp = redis.call('HGET', KEYS[1], 'fp')
+local old = redis.call('HGETALL', KEYS[1])
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+if fp then redis.call('HSET', KEYS[1], 'fp', string.sub(fp, 1, tonumber(ARGV[2]))) end
+for i = 1, #old, 2 do
+  if string.sub(old[i], 1, 5) == 'seen:' then redis.call('HSET', KEYS[1], old[i], old[i + 1]) end
+end
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
+return 1
+"""
+
 # Set a marker field once; a hash created by it gets the retention like every other record.
 _MARK_ONCE_LUA = """
 local added = redis.call('HSETNX', KEYS[1], ARGV[1], '1')
@@ -81,6 +104,21 @@ class KeyState(StrEnum):
     REJECTED = "rejected"  # MindVideo refused the request; the rejection is published
 
 
+# Tombstones (a published or rejected record) keep short field names and values so Redis keeps
+# them in its compact listpack encoding (docs/contracts.md §4): ``s`` state, ``fp`` the first
+# FP_TOMBSTONE_CHARS hex digits of the fingerprint (128 bits), ``t`` task id, ``y`` result type,
+# ``u``/``p`` submitted/published (unix seconds), plus any ``seen:`` once-markers.
+FP_TOMBSTONE_CHARS = 32
+TOMBSTONE_STATES = {KeyState.PUBLISHED: "p", KeyState.REJECTED: "r"}
+_TOMBSTONE_STATE_OF = {v: k for k, v in TOMBSTONE_STATES.items()}
+RESULT_TYPE_CODES = {
+    "task.succeeded": "s",
+    "task.failed": "f",
+    "task.cancelled": "c",
+    "request.rejected": "r",
+}
+_RESULT_TYPE_OF = {v: k for k, v in RESULT_TYPE_CODES.items()}
+
 # States in which a key belongs to a request: no record-level rejection is published for it.
 IN_USE_STATES = frozenset(
     {KeyState.CLAIMED, KeyState.SUBMITTED, KeyState.TERMINAL, KeyState.PUBLISHED}
@@ -99,6 +137,13 @@ class IdempotencyRecord:
     submitted_at: str | None = None
     result: ResultRecord | None = None
     model: str | None = None
+    result_type: str | None = None  # of a tombstone: the published result's ``type``
+
+    def event_id(self, idempotency_key: str) -> str | None:
+        """The published result's ``event_id`` (derived: stable per key and type)."""
+        if self.result is not None:
+            return self.result.event_id
+        return event_id_for(idempotency_key, self.result_type) if self.result_type else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +155,14 @@ class Claim:
 class IdempotencyStore:
     """Reads and writes idempotency records; the retention restarts with every write."""
 
-    def __init__(self, redis: RedisClient, *, prefix: str, retention_s: int) -> None:
+    def __init__(
+        self,
+        redis: RedisClient,
+        *,
+        prefix: str,
+        retention_s: int,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
         self._redis = redis
         self._prefix = prefix
         self._retention_s = retention_s
@@ -118,6 +170,8 @@ class IdempotencyStore:
         self._write_script = redis.register_script(_WRITE_LUA)
         self._submitted = redis.register_script(_SUBMITTED_LUA)
         self._mark_once = redis.register_script(_MARK_ONCE_LUA)
+        self._tombstone_script = redis.register_script(_TOMBSTONE_LUA)
+        self._wall_clock = wall_clock
         self._batcher = RedisBatcher(redis)
         self._event_ids: dict[str, str] = {}
 
@@ -180,12 +234,31 @@ class IdempotencyStore:
             idempotency_key, {"state": KeyState.TERMINAL, "result": result_json.decode()}
         )
 
-    async def mark_published(self, idempotency_key: str) -> None:
-        await self._write(idempotency_key, {"state": KeyState.PUBLISHED})
+    async def mark_published(self, idempotency_key: str, result: ResultRecord) -> None:
+        """The result is on the results topic: the record shrinks to its tombstone."""
+        await self._tombstone(idempotency_key, KeyState.PUBLISHED, result)
 
     async def mark_rejected(self, idempotency_key: str, result: ResultRecord) -> None:
-        await self._write(
-            idempotency_key, {"state": KeyState.REJECTED, "result": result.model_dump_json()}
+        """MindVideo refused the request and the rejection is published: a tombstone too (a
+        corrected payload may claim the key again)."""
+        await self._tombstone(idempotency_key, KeyState.REJECTED, result)
+
+    async def _tombstone(self, idempotency_key: str, state: KeyState, result: ResultRecord) -> None:
+        fields: dict[str, str | int] = {
+            "s": TOMBSTONE_STATES[state],
+            "y": RESULT_TYPE_CODES.get(result.type, "?"),
+            "p": int(self._wall_clock()),
+        }
+        if result.task_id is not None:
+            fields["t"] = result.task_id
+        submitted = _unix_s(result.submitted_at)
+        if submitted is not None:
+            fields["u"] = submitted
+        keys = [self.key(idempotency_key)]
+        args: list[str | int] = [self._retention_s, FP_TOMBSTONE_CHARS]
+        args += [v for pair in fields.items() for v in pair]
+        await self._batcher.call(
+            lambda pipe: self._tombstone_script(keys=keys, args=args, client=pipe)
         )
 
     async def first_time(self, idempotency_key: str, marker: str) -> bool:
@@ -204,9 +277,11 @@ class IdempotencyStore:
         instead), ``seen`` when it was published before (``first_time`` remembered it), else
         ``new``."""
         key = self.key(idempotency_key)
-        state, seen = await self._batcher.call(
-            lambda pipe: pipe.hmget(key, ["state", f"seen:{marker}"])
+        state, short, seen = await self._batcher.call(
+            lambda pipe: pipe.hmget(key, ["state", "s", f"seen:{marker}"])
         )
+        if state is None and short is not None:
+            state = _TOMBSTONE_STATE_OF.get(_text(short))
         if state is not None and _text(state) in IN_USE_STATES:
             return "in_use"
         return "seen" if seen is not None else "new"
@@ -267,7 +342,16 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+def _unix_s(timestamp: str | None) -> int | None:
+    try:
+        return int(datetime.fromisoformat(timestamp or "").timestamp())
+    except ValueError:
+        return None
+
+
 def _record(fields: dict[str, str]) -> IdempotencyRecord:
+    if "s" in fields:
+        return _tombstone_record(fields)
     result = fields.get("result")
     estimate = fields.get("cost_estimate")
     return IdempotencyRecord(
@@ -279,4 +363,16 @@ def _record(fields: dict[str, str]) -> IdempotencyRecord:
         submitted_at=fields.get("submitted_at"),
         result=ResultRecord.model_validate_json(result) if result else None,
         model=fields.get("model"),
+    )
+
+
+def _tombstone_record(fields: dict[str, str]) -> IdempotencyRecord:
+    """A tombstone read back: what a duplicate is told, and where the task and result were."""
+    submitted = fields.get("u")
+    code = fields.get("y")
+    return IdempotencyRecord(
+        state=KeyState(_TOMBSTONE_STATE_OF.get(fields["s"], KeyState.PUBLISHED)),
+        task_id=fields.get("t"),
+        submitted_at=format_ts(datetime.fromtimestamp(int(submitted), UTC)) if submitted else None,
+        result_type=_RESULT_TYPE_OF.get(code or ""),
     )

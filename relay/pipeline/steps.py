@@ -315,7 +315,7 @@ class RequestSteps:
         if work.marker is not None:
             await self._store.first_time(key, work.marker)
         if work.mark == KeyState.PUBLISHED:
-            await self._store.mark_published(key)
+            await self._store.mark_published(key, result)
         elif work.mark == KeyState.REJECTED:
             await self._store.mark_rejected(key, result)
         return Stage.DONE

@@ -108,7 +108,7 @@ class FakeStore(IdempotencyStore):
         _raise_next(self.errors, "mark_terminal")
         self.hashes[idempotency_key].update(state=KeyState.TERMINAL, result=result_json.decode())
 
-    async def mark_published(self, idempotency_key: str) -> None:
+    async def mark_published(self, idempotency_key: str, result: ResultRecord) -> None:
         _raise_next(self.errors, "mark_published")
         self.hashes[idempotency_key]["state"] = KeyState.PUBLISHED
 

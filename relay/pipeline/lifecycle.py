@@ -167,6 +167,9 @@ class Work:
     # A submit may have reached MindVideo (a timeout, a 5xx): expires_at no longer applies, the
     # request is followed through with its Idempotency-Key instead of claimed to cost nothing.
     maybe_submitted: bool = False
+    # MindVideo's answer to the submit until Redis records it (a retry writes, not submits, again)
+    answer: TaskSnapshot | None = None
+    foreign_task: bool = False  # that answer replays a task an earlier claim of the key counted
     recorded: bool = False  # this process wrote the submit to Redis (a retry does not submit)
     snapshot: TaskSnapshot | None = None  # MindVideo's answer to the submit, until charged
     counts_cost: bool = False  # this process counts the task's estimate (first to record it)

@@ -211,20 +211,35 @@ class RequestSteps:
         return Stage.FOLLOW
 
     async def _create_and_record(self, work: Work, key: str, rec: RequestRecord) -> None:
-        """POST the task (the reservation kept alive meanwhile) and record it in Redis."""
-        before = work.maybe_submitted
-        work.maybe_submitted = True
-        try:
-            if self._budget is not None:
-                async with self._budget.keep_alive(work.reservation):
+        """POST the task (the reservation kept alive meanwhile) and record it in Redis.
+
+        MindVideo's answer is kept in ``work.answer`` until Redis has recorded it: when only the
+        Redis write fails (an outage, a Redis at ``maxmemory`` refusing writes), the retry writes
+        it again and does not submit again (a submit is paid; the write is not)."""
+        if work.answer is None:
+            before = work.maybe_submitted
+            work.maybe_submitted = True
+            try:
+                if self._budget is not None:
+                    async with self._budget.keep_alive(work.reservation):
+                        snapshot = await self._client.submit(key, rec.model, rec.input)
+                else:
                     snapshot = await self._client.submit(key, rec.model, rec.input)
-            else:
-                snapshot = await self._client.submit(key, rec.model, rec.input)
-        except BaseException as exc:
-            work.maybe_submitted = before or _may_have_created(exc)
-            if isinstance(exc, RequestRejected):
-                await self._give_back(work)  # refused: nothing was created
-            raise
+            except BaseException as exc:
+                work.maybe_submitted = before or _may_have_created(exc)
+                if isinstance(exc, RequestRejected):
+                    await self._give_back(work)  # refused: nothing was created
+                raise
+            # Counted once per task: by the owner that records it, unless MindVideo says the
+            # submit replays a task that neither this request's earlier tries nor an earlier
+            # claim of the key that never recorded its submit (a crash between the two) can have
+            # created: the key was claimed afresh after its record was lost, and the task was
+            # counted when it was made.
+            work.answer = snapshot
+            work.foreign_task = (
+                snapshot.idempotent_replayed and not before and not work.resumed_claim
+            )
+        snapshot = work.answer
         submitted_at = utc_now_iso()
         first = await self._store.mark_submitted(
             key,
@@ -233,13 +248,8 @@ class RequestSteps:
             cost_estimate=snapshot.cost_estimate,
             submitted_at=submitted_at,
         )
-        # Counted once per task: by the owner that records it, unless MindVideo says the submit
-        # replays a task that neither this request's earlier tries nor an earlier claim of the
-        # key that never recorded its submit (a crash between the two) can have created: the key
-        # was claimed afresh after its record was lost, and the task was counted when it was made.
-        foreign = snapshot.idempotent_replayed and not before and not work.resumed_claim
-        work.recorded, work.snapshot = True, snapshot
-        work.counts_cost = first and not foreign
+        work.recorded, work.snapshot, work.answer = True, snapshot, None
+        work.counts_cost = first and not work.foreign_task
         work.known = IdempotencyRecord(
             state=KeyState.SUBMITTED,
             task_id=snapshot.task_id,

@@ -2,7 +2,9 @@
 
 States (``KeyState``) move forward only: ``claimed`` → ``submitted`` → ``terminal`` →
 ``published``, or ``rejected`` when MindVideo refused the request. Each record keeps the payload
-fingerprint, task and request ids, the last event id seen, timestamps and the result once known.
+fingerprint, task and request ids, the last event id seen, timestamps and the result once known;
+once the result is published it shrinks to a small tombstone (``_TOMBSTONE_LUA``, docs/contracts.md
+§4) that the webhook side also marks its first-attempt deliveries in (field ``w``).
 The claim is one Lua script, so two owners cannot both see a key as new; every other write is one
 script too, touching one hash and resetting its retention atomically. Key names carry the
 idempotency key in a hash tag, so a Redis Cluster keeps each record on one slot.
@@ -40,7 +42,7 @@ _CLAIM_LUA = """
 local fp = redis.call('HGET', KEYS[1], 'fp')
 if fp and #fp < #ARGV[1] and fp == string.sub(ARGV[1], 1, #fp) then fp = ARGV[1] end
 local rejected = redis.call('HGET', KEYS[1], 'state') == 'rejected'
-  or redis.call('HGET', KEYS[1], 's') == 'r'
+  or string.sub(redis.call('HGET', KEYS[1], 's') or '', 1, 1) == 'r'
 if (not fp) or (fp ~= ARGV[1] and rejected) then
   redis.call('DEL', KEYS[1])
   redis.call('HSET', KEYS[1], 'fp', ARGV[1], 'state', 'claimed', 'claimed_at', ARGV[2],
@@ -69,17 +71,24 @@ return 1
 """
 
 # Shrink a finished record to its tombstone (state, short fingerprint, task, result type,
-# times, and the once-markers of rejections), so a week of them stays small; HSET with the
-# fields ARGV[3..], then every `seen:` marker the record had. ARGV: retention, fp length.
+# times, webhook done markers and the once-markers of rejections), so a week of them stays
+# small: one HSET of the fields ARGV[3..], the shortened fingerprint, `w` and every `seen:`
+# marker the record had. ARGV: retention, fingerprint length, fields.
 _TOMBSTONE_LUA = """
-local fp = redis.call('HGET', KEYS[1], 'fp')
 local old = redis.call('HGETALL', KEYS[1])
-redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], unpack(ARGV, 3))
-if fp then redis.call('HSET', KEYS[1], 'fp', string.sub(fp, 1, tonumber(ARGV[2]))) end
+local new = {unpack(ARGV, 3)}
 for i = 1, #old, 2 do
-  if string.sub(old[i], 1, 5) == 'seen:' then redis.call('HSET', KEYS[1], old[i], old[i + 1]) end
+  local name = old[i]
+  if name == 'fp' then
+    table.insert(new, 'fp')
+    table.insert(new, string.sub(old[i + 1], 1, tonumber(ARGV[2])))
+  elseif name == 'w' or string.sub(name, 1, 5) == 'seen:' then
+    table.insert(new, name)
+    table.insert(new, old[i + 1])
+  end
 end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], unpack(new))
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
 return 1
 """
@@ -105,10 +114,12 @@ class KeyState(StrEnum):
 
 
 # Tombstones (a published or rejected record) keep short field names and values so Redis keeps
-# them in its compact listpack encoding (docs/contracts.md §4): ``s`` state, ``fp`` the first
-# FP_TOMBSTONE_CHARS hex digits of the fingerprint (128 bits), ``t`` task id, ``y`` result type,
-# ``u``/``p`` submitted/published (unix seconds), plus any ``seen:`` once-markers.
-FP_TOMBSTONE_CHARS = 32
+# them in its compact listpack encoding (docs/contracts.md §4): ``s`` state and result type codes,
+# ``fp`` the first FP_TOMBSTONE_CHARS hex digits of the fingerprint (64 bits: a different payload
+# under the same key matches by chance with odds of 2^-64), ``t`` task id, ``p`` published (unix
+# seconds), ``w`` the webhook deliveries done (relay.webhooks.history.CompactDone), plus any
+# ``seen:`` once-markers.
+FP_TOMBSTONE_CHARS = 16
 TOMBSTONE_STATES = {KeyState.PUBLISHED: "p", KeyState.REJECTED: "r"}
 _TOMBSTONE_STATE_OF = {v: k for k, v in TOMBSTONE_STATES.items()}
 RESULT_TYPE_CODES = {
@@ -138,6 +149,7 @@ class IdempotencyRecord:
     result: ResultRecord | None = None
     model: str | None = None
     result_type: str | None = None  # of a tombstone: the published result's ``type``
+    published_at: str | None = None  # of a tombstone: when the result was published
 
     def event_id(self, idempotency_key: str) -> str | None:
         """The published result's ``event_id`` (derived: stable per key and type)."""
@@ -176,7 +188,7 @@ class IdempotencyStore:
         self._event_ids: dict[str, str] = {}
 
     def key(self, idempotency_key: str) -> str:
-        return f"{self._prefix}:idem:{{{idempotency_key}}}"
+        return record_key(self._prefix, idempotency_key)
 
     async def claim(self, idempotency_key: str, fingerprint: str, model: str, now: str) -> Claim:
         """Claim the key for this payload, or report a conflict or what is already known."""
@@ -245,15 +257,11 @@ class IdempotencyStore:
 
     async def _tombstone(self, idempotency_key: str, state: KeyState, result: ResultRecord) -> None:
         fields: dict[str, str | int] = {
-            "s": TOMBSTONE_STATES[state],
-            "y": RESULT_TYPE_CODES.get(result.type, "?"),
+            "s": TOMBSTONE_STATES[state] + RESULT_TYPE_CODES.get(result.type, "?"),
             "p": int(self._wall_clock()),
         }
         if result.task_id is not None:
             fields["t"] = result.task_id
-        submitted = _unix_s(result.submitted_at)
-        if submitted is not None:
-            fields["u"] = submitted
         keys = [self.key(idempotency_key)]
         args: list[str | int] = [self._retention_s, FP_TOMBSTONE_CHARS]
         args += [v for pair in fields.items() for v in pair]
@@ -281,7 +289,7 @@ class IdempotencyStore:
             lambda pipe: pipe.hmget(key, ["state", "s", f"seen:{marker}"])
         )
         if state is None and short is not None:
-            state = _TOMBSTONE_STATE_OF.get(_text(short))
+            state = _TOMBSTONE_STATE_OF.get(_text(short)[:1])
         if state is not None and _text(state) in IN_USE_STATES:
             return "in_use"
         return "seen" if seen is not None else "new"
@@ -334,19 +342,17 @@ class IdempotencyStore:
         await self._batcher.call(lambda pipe: self._write_script(keys=keys, args=args, client=pipe))
 
 
+def record_key(prefix: str, idempotency_key: str) -> str:
+    """The Redis key of a key's record (its own hash tag: one Cluster slot per record)."""
+    return f"{prefix}:idem:{{{idempotency_key}}}"
+
+
 def _glob_escape(text: str) -> str:
     return "".join(f"\\{c}" if c in "*?[]\\" else c for c in text)
 
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
-
-
-def _unix_s(timestamp: str | None) -> int | None:
-    try:
-        return int(datetime.fromisoformat(timestamp or "").timestamp())
-    except ValueError:
-        return None
 
 
 def _record(fields: dict[str, str]) -> IdempotencyRecord:
@@ -368,11 +374,11 @@ def _record(fields: dict[str, str]) -> IdempotencyRecord:
 
 def _tombstone_record(fields: dict[str, str]) -> IdempotencyRecord:
     """A tombstone read back: what a duplicate is told, and where the task and result were."""
-    submitted = fields.get("u")
-    code = fields.get("y")
+    code = fields["s"]
+    published = fields.get("p")
     return IdempotencyRecord(
-        state=KeyState(_TOMBSTONE_STATE_OF.get(fields["s"], KeyState.PUBLISHED)),
+        state=KeyState(_TOMBSTONE_STATE_OF.get(code[:1], KeyState.PUBLISHED)),
         task_id=fields.get("t"),
-        submitted_at=format_ts(datetime.fromtimestamp(int(submitted), UTC)) if submitted else None,
-        result_type=_RESULT_TYPE_OF.get(code or ""),
+        result_type=_RESULT_TYPE_OF.get(code[1:]),
+        published_at=format_ts(datetime.fromtimestamp(int(published), UTC)) if published else None,
     )

@@ -39,6 +39,9 @@ from relay.tracing.spans import NO_TRACING, Tracing
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+CONFLICT_REASON = "idempotency_conflict"
+CONFLICT_MARKER = "conflict"  # `seen:conflict` in the key's record: its conflict was published
+
 Step = Callable[[Work], Awaitable[Stage]]
 
 
@@ -145,8 +148,19 @@ class RequestSteps:
         fingerprint = payload_fingerprint(rec.model, rec.input)
         claim = await self._store.claim(key, fingerprint, rec.model, utc_now_iso())
         if claim.outcome == "conflict":
-            marker = f"conflict:{fingerprint}"
+            # One idempotency_conflict result per key within the retention, whatever the
+            # conflicting payloads: more would let anyone flood the results topic (and its
+            # webhooks) under another producer's key. Later conflicts are dead-lettered.
+            marker = CONFLICT_MARKER
             if await self._store.seen(key, marker):
+                work.raw = rec.model_dump_json(exclude_none=True).encode()
+                await self._dead_letter(
+                    work,
+                    CONFLICT_REASON,
+                    "this idempotency key was already used with a different model or input; "
+                    "its idempotency_conflict result was published for an earlier record",
+                    extra=[("original.value", "re-encoded")],
+                )
                 self._outcomes.dedupe("rejected")
                 return Stage.DONE
             work.result = rejection(

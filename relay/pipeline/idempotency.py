@@ -23,18 +23,14 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Literal
 
+from redis.exceptions import RedisError
+
 from relay.models import ResultRecord, event_id_for, format_ts
 from relay.pipeline.batching import RedisBatcher
 from relay.redis import RedisClient
 
 ClaimOutcome = Literal["new", "conflict", "existing"]
 RefusalStatus = Literal["new", "seen", "in_use"]
-
-_WRITE_LUA = """
-redis.call('HSET', KEYS[1], unpack(ARGV, 2))
-redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
-return 1
-"""
 
 # A tombstone keeps the fingerprint's first FP_TOMBSTONE_CHARS hex digits: it matches a payload
 # whose fingerprint starts with them.
@@ -46,7 +42,7 @@ local rejected = redis.call('HGET', KEYS[1], 'state') == 'rejected'
 if (not fp) or (fp ~= ARGV[1] and rejected) then
   redis.call('DEL', KEYS[1])
   redis.call('HSET', KEYS[1], 'fp', ARGV[1], 'state', 'claimed', 'claimed_at', ARGV[2],
-             'model', ARGV[4])
+             'model', ARGV[4], 'meta', ARGV[5], 'hook', ARGV[6])
   redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
   return {'new'}
 end
@@ -64,7 +60,7 @@ return out
 # is told so (1), so the task's estimate is counted once.
 _SUBMITTED_LUA = """
 local state = redis.call('HGET', KEYS[1], 'state')
-if state and state ~= 'claimed' then return 0 end
+if (state and state ~= 'claimed') or redis.call('HEXISTS', KEYS[1], 's') == 1 then return 0 end
 redis.call('HSET', KEYS[1], unpack(ARGV, 2))
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
 return 1
@@ -91,6 +87,41 @@ redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], unpack(new))
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
 return 1
+"""
+
+# Store the result once (KEYS[1]; ARGV: retention, result JSON): a later owner's copy of the same
+# task's end does not replace it, and a finished record is left alone.
+_TERMINAL_LUA = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if (not state) or state == 'terminal' or state == 'published' or state == 'rejected' then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'state', 'terminal', 'result', ARGV[2])
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
+return 1
+"""
+
+# Publishing a key's result once: a compare-and-set on the record (terminal → publishing, a lease
+# `pub` = "<until, unix ms> <token>"). KEYS[1]; ARGV: retention, result JSON (stored when none
+# is), token, lease seconds. {'won', stored result} | {'busy'} | {'done'}.
+_TAKE_PUBLISH_LUA = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if redis.call('HEXISTS', KEYS[1], 's') == 1 or state == 'published' or state == 'rejected' then
+  return {'done'}
+end
+if state ~= 'terminal' then
+  redis.call('HSET', KEYS[1], 'state', 'terminal', 'result', ARGV[2])
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local lease = redis.call('HGET', KEYS[1], 'pub')
+if lease then
+  local until_ms, holder = string.match(lease, '^(%d+) (.*)$')
+  if holder ~= ARGV[3] and tonumber(until_ms) > now then return {'busy'} end
+end
+redis.call('HSET', KEYS[1], 'pub', string.format('%d %s', now + tonumber(ARGV[4]) * 1000, ARGV[3]))
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
+return {'won', redis.call('HGET', KEYS[1], 'result')}
 """
 
 # Set a marker field once; a hash created by it gets the retention like every other record.
@@ -148,6 +179,8 @@ class IdempotencyRecord:
     submitted_at: str | None = None
     result: ResultRecord | None = None
     model: str | None = None
+    owner_metadata: str | None = None  # the first claim's ``metadata`` as JSON (until published)
+    owner_webhook_url: str | None = None  # the first claim's ``webhook_url``, "" for none
     result_type: str | None = None  # of a tombstone: the published result's ``type``
     published_at: str | None = None  # of a tombstone: when the result was published
 
@@ -156,6 +189,17 @@ class IdempotencyRecord:
         if self.result is not None:
             return self.result.event_id
         return event_id_for(idempotency_key, self.result_type) if self.result_type else None
+
+
+@dataclass(frozen=True, slots=True)
+class PublishTurn:
+    outcome: Literal["won", "busy", "done"]
+    body: bytes | None = None  # with ``won``: the stored result, to publish byte for byte
+
+
+class PublishInProgress(RedisError):
+    """Another process holds the key's publish lease: retried (an outage-like wait), until it
+    published (then a dedupe) or its lease ran out (then this one publishes)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,10 +223,11 @@ class IdempotencyStore:
         self._prefix = prefix
         self._retention_s = retention_s
         self._claim = redis.register_script(_CLAIM_LUA)
-        self._write_script = redis.register_script(_WRITE_LUA)
         self._submitted = redis.register_script(_SUBMITTED_LUA)
         self._mark_once = redis.register_script(_MARK_ONCE_LUA)
         self._tombstone_script = redis.register_script(_TOMBSTONE_LUA)
+        self._terminal = redis.register_script(_TERMINAL_LUA)
+        self._take_publish = redis.register_script(_TAKE_PUBLISH_LUA)
         self._wall_clock = wall_clock
         self._batcher = RedisBatcher(redis)
         self._event_ids: dict[str, str] = {}
@@ -190,10 +235,30 @@ class IdempotencyStore:
     def key(self, idempotency_key: str) -> str:
         return record_key(self._prefix, idempotency_key)
 
-    async def claim(self, idempotency_key: str, fingerprint: str, model: str, now: str) -> Claim:
-        """Claim the key for this payload, or report a conflict or what is already known."""
+    async def claim(
+        self,
+        idempotency_key: str,
+        fingerprint: str,
+        model: str,
+        now: str,
+        *,
+        metadata_json: str = "null",
+        webhook_url: str | None = None,
+    ) -> Claim:
+        """Claim the key for this payload, or report a conflict or what is already known.
+
+        A new claim stores the owner's ``metadata`` (JSON) and ``webhook_url`` until the result
+        is published: the result is built from them, whoever follows the task to its end (a
+        record with the same key and payload from another producer does not redirect it)."""
         keys = [self.key(idempotency_key)]
-        args: list[str | int] = [fingerprint, now, self._retention_s, model]
+        args: list[str | int] = [
+            fingerprint,
+            now,
+            self._retention_s,
+            model,
+            metadata_json,
+            webhook_url or "",
+        ]
         reply = await self._batcher.call(
             lambda pipe: self._claim(keys=keys, args=args, client=pipe)
         )
@@ -241,10 +306,27 @@ class IdempotencyStore:
             )
 
     async def mark_terminal(self, idempotency_key: str, result_json: bytes) -> None:
-        """The result is known: kept (as its published JSON) until it is published."""
-        await self._write(
-            idempotency_key, {"state": KeyState.TERMINAL, "result": result_json.decode()}
+        """The result is known: kept (as its published JSON) until it is published. The first
+        stored result stays (two owners following one task store one result)."""
+        keys = [self.key(idempotency_key)]
+        args: list[str | int] = [self._retention_s, result_json.decode()]
+        await self._batcher.call(lambda pipe: self._terminal(keys=keys, args=args, client=pipe))
+
+    async def take_publish(
+        self, idempotency_key: str, result_json: bytes, token: str, lease_s: int
+    ) -> PublishTurn:
+        """Whether this process publishes the key's result: ``won`` (with the stored result, to
+        be published as is), ``busy`` (another holds the publish lease: try again later; when
+        the holder dies the lease passes) or ``done`` (published already)."""
+        keys = [self.key(idempotency_key)]
+        args: list[str | int] = [self._retention_s, result_json.decode(), token, lease_s]
+        reply = await self._batcher.call(
+            lambda pipe: self._take_publish(keys=keys, args=args, client=pipe)
         )
+        outcome = _text(reply[0])
+        if outcome == "won":
+            return PublishTurn("won", _text(reply[1]).encode())
+        return PublishTurn("busy" if outcome == "busy" else "done")
 
     async def mark_published(self, idempotency_key: str, result: ResultRecord) -> None:
         """The result is on the results topic: the record shrinks to its tombstone."""
@@ -336,11 +418,6 @@ class IdempotencyStore:
             if fields.get("state") in (KeyState.SUBMITTED, KeyState.TERMINAL):
                 yield key.removeprefix(head).removesuffix("}"), _record(fields)
 
-    async def _write(self, idempotency_key: str, fields: dict[str, str]) -> None:
-        keys = [self.key(idempotency_key)]
-        args: list[str | int] = [self._retention_s, *(v for pair in fields.items() for v in pair)]
-        await self._batcher.call(lambda pipe: self._write_script(keys=keys, args=args, client=pipe))
-
 
 def record_key(prefix: str, idempotency_key: str) -> str:
     """The Redis key of a key's record (its own hash tag: one Cluster slot per record)."""
@@ -369,6 +446,8 @@ def _record(fields: dict[str, str]) -> IdempotencyRecord:
         submitted_at=fields.get("submitted_at"),
         result=ResultRecord.model_validate_json(result) if result else None,
         model=fields.get("model"),
+        owner_metadata=fields.get("meta"),
+        owner_webhook_url=fields.get("hook"),
     )
 
 

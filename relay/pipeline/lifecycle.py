@@ -158,6 +158,7 @@ class Work:
     result: ResultRecord | None = None
     body: bytes | None = None  # the result as stored in Redis, published byte for byte
     marker: str | None = None  # remembered once published, so a replay does not publish again
+    publish_token: str | None = None  # this process's claim on the key's publish lease
     mark: KeyState | None = None  # the key's state once the result is published
     submit_started_s: float | None = None
     resumed_claim: bool = False  # the key was claimed before: an earlier submit may have run

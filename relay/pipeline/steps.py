@@ -9,7 +9,9 @@ Everything a record carries from one step to the next is in its ``Work``
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -27,7 +29,12 @@ from relay.models import (
 from relay.pipeline.decode import DeadLetter, Rejected, decode_request
 from relay.pipeline.follower import TaskFollower
 from relay.pipeline.handover import Handover
-from relay.pipeline.idempotency import IdempotencyRecord, IdempotencyStore, KeyState
+from relay.pipeline.idempotency import (
+    IdempotencyRecord,
+    IdempotencyStore,
+    KeyState,
+    PublishInProgress,
+)
 from relay.pipeline.lifecycle import INTERNAL_ERROR_REASON, KEY_IN_USE_REASON, Stage, Work
 from relay.pipeline.mindvideo import MindVideoClient
 from relay.pipeline.outcomes import OutcomeRecorder
@@ -40,6 +47,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 CONFLICT_REASON = "idempotency_conflict"
+# How long the winner of a key's publish holds it before another process may publish instead
+# (it died after winning): longer than a publish takes even when Kafka is slow.
+PUBLISH_LEASE_S = 60
 CONFLICT_MARKER = "conflict"  # `seen:conflict` in the key's record: its conflict was published
 
 Step = Callable[[Work], Awaitable[Stage]]
@@ -146,7 +156,14 @@ class RequestSteps:
     async def claim(self, work: Work) -> Stage:
         key, rec = _require(work.key), _require(work.request)
         fingerprint = payload_fingerprint(rec.model, rec.input)
-        claim = await self._store.claim(key, fingerprint, rec.model, utc_now_iso())
+        claim = await self._store.claim(
+            key,
+            fingerprint,
+            rec.model,
+            utc_now_iso(),
+            metadata_json=json.dumps(rec.metadata, separators=(",", ":")),
+            webhook_url=work.webhook_url,
+        )
         if claim.outcome == "conflict":
             # One idempotency_conflict result per key within the retention, whatever the
             # conflicting payloads: more would let anyone flood the results topic (and its
@@ -175,6 +192,7 @@ class RequestSteps:
         known = claim.record
         if known is None:
             return Stage.RESERVE
+        _take_owners_view(work, known)
         if known.state in (KeyState.PUBLISHED, KeyState.REJECTED):
             self._outcomes.dedupe("published")
             log.info("duplicate request, result already published", extra={"idempotency_key": key})
@@ -323,8 +341,25 @@ class RequestSteps:
         return Stage.PUBLISH
 
     async def publish(self, work: Work) -> Stage:
+        """Publish the result; a task's result only by the process that wins the key's publish
+        compare-and-set (``IdempotencyStore.take_publish``), as stored in Redis."""
         if work.result is None:
             work.result = self._decided_result(work)
+        if work.mark == KeyState.PUBLISHED:
+            body = work.body if work.body is not None else work.result.to_json_bytes()
+            key = _require(work.key)
+            token = work.publish_token or secrets.token_hex(8)
+            work.publish_token = token
+            turn = await self._store.take_publish(key, body, token, PUBLISH_LEASE_S)
+            if turn.outcome == "done":  # counted as a dedupe hit at its claim, if it was one
+                log.info("result published by another owner", extra={"idempotency_key": key})
+                return Stage.DONE
+            if turn.outcome == "busy":
+                raise PublishInProgress(
+                    "another process holds this key's publish lease; waiting for it"
+                )
+            if turn.body is not None and turn.body != body:
+                work.body, work.result = turn.body, ResultRecord.model_validate_json(turn.body)
         await self._publisher.publish(
             work.result,
             webhook_url=work.webhook_url,
@@ -396,6 +431,20 @@ class RequestSteps:
         await self._publisher.dead_letter(
             source, reason, message, value=work.raw, extra_headers=extra or []
         )
+
+
+def _take_owners_view(work: Work, known: IdempotencyRecord) -> None:
+    """A record resuming a key another record claimed: the result goes out with the first
+    claim's ``metadata`` and ``webhook_url`` (a second producer of the same key and payload does
+    not get to redirect or relabel it). Records from before these were stored keep their own."""
+    rec = work.request
+    if rec is None or known.owner_metadata is None:
+        return
+    metadata = json.loads(known.owner_metadata)
+    work.request = rec.model_copy(
+        update={"metadata": metadata, "webhook_url": known.owner_webhook_url or None}
+    )
+    work.webhook_url = known.owner_webhook_url or None
 
 
 def _may_have_created(exc: BaseException) -> bool:

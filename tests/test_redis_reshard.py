@@ -10,6 +10,7 @@ import time
 
 import pytest
 from redis.asyncio import Redis
+from redis.crc import key_slot
 
 from tests.support.pipeline import Pipeline, charges_per_key
 from tests.support.redis_topologies import RedisCluster
@@ -21,20 +22,39 @@ pytestmark = pytest.mark.integration
 
 TIMEOUT_S = 60.0
 ENDPOINTS = 12
+SHARDS = 16  # RELAY_WEBHOOK_SHARDS's default
 WAVES = 3
 PER_WAVE = 16
-RESHARD_SLOTS = 1500
+EXTRA_SLOTS = 200  # moved past the first webhook shard's slot: idempotency records too
 
 
-async def _node_ids(cluster: RedisCluster) -> list[str]:
-    ids = []
-    for port in cluster.ports:
-        client = Redis(port=port, decode_responses=True)
-        try:
-            ids.append(str(await client.execute_command("CLUSTER", "MYID")))  # type: ignore[no-untyped-call]
-        finally:
-            await client.aclose()
-    return ids
+async def _slots_by_node(cluster: RedisCluster) -> dict[str, list[int]]:
+    """Each master's id and the slots it owns, in order."""
+    client = Redis(port=cluster.ports[0], decode_responses=True)
+    try:
+        ranges = await client.execute_command("CLUSTER", "SLOTS")  # type: ignore[no-untyped-call]
+    finally:
+        await client.aclose()
+    out: dict[str, list[int]] = {}
+    for start, end, master, *_ in ranges:
+        out.setdefault(str(master[2]), []).extend(range(int(start), int(end) + 1))
+    return {node: sorted(slots) for node, slots in out.items()}
+
+
+def _plan(slots: dict[str, list[int]], tags: list[str]) -> tuple[str, str, int, int]:
+    """Where to move slots from and to, and how many, so that a webhook shard's slot moves:
+    ``redis-cli --cluster reshard`` takes the source's slots in order. Also the shard slot."""
+    best: tuple[int, str, int] | None = None
+    for node, owned in slots.items():
+        position = {slot: i for i, slot in enumerate(owned)}
+        for tag in tags:
+            i = position.get(key_slot(tag.encode()))
+            if i is not None and (best is None or i < best[0]):
+                best = (i, node, key_slot(tag.encode()))
+    assert best is not None
+    i, source, slot = best
+    target = next(node for node in slots if node != source)
+    return source, target, min(len(slots[source]) - 1, i + 1 + EXTRA_SLOTS), slot
 
 
 async def _keys_by_master(cluster: RedisCluster, pattern: str) -> dict[int, int]:
@@ -49,7 +69,7 @@ async def _keys_by_master(cluster: RedisCluster, pattern: str) -> dict[int, int]
     return out
 
 
-async def _reshard(cluster: RedisCluster, source: str, target: str) -> str:
+async def _reshard(cluster: RedisCluster, source: str, target: str, count: int) -> str:
     cli = require_tool("redis-cli", "redis-tools")
     proc = await asyncio.create_subprocess_exec(
         cli,
@@ -57,7 +77,7 @@ async def _reshard(cluster: RedisCluster, source: str, target: str) -> str:
         "reshard",
         f"127.0.0.1:{cluster.ports[0]}",
         *("--cluster-from", source, "--cluster-to", target),
-        *("--cluster-slots", str(RESHARD_SLOTS), "--cluster-yes"),
+        *("--cluster-slots", str(count), "--cluster-yes"),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )
@@ -93,13 +113,16 @@ async def test_webhook_state_spreads_over_the_masters_and_survives_a_reshard(
             assert time.monotonic() < deadline, f"deliveries not on every master: {spread}"
             await asyncio.sleep(0.1)
 
-        # Slots move from the first master to the second while the other waves flow.
-        ids = await _node_ids(redis_cluster)
-        reshard = asyncio.create_task(_reshard(redis_cluster, ids[0], ids[1]))
+        # Slots move, a webhook shard's among them, while the other waves flow.
+        prefix = pipeline.redis_prefix
+        tags = [f"{{{prefix}:wh:{n}}}" for n in range(SHARDS)]
+        source, target, count, moved = _plan(await _slots_by_node(redis_cluster), tags)
+        reshard = asyncio.create_task(_reshard(redis_cluster, source, target, count))
         for wave in waves[1:]:
             await pipeline.produce(records(wave))
             await asyncio.sleep(0.3)
         await reshard
+        assert moved in (await _slots_by_node(redis_cluster))[target], "the shard's slot moved"
 
         results = await pipeline.results(set(keys), TIMEOUT_S)
         assert {r.key for r in results} == set(keys)

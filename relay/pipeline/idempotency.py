@@ -3,8 +3,10 @@
 States (``KeyState``) move forward only: ``claimed`` → ``submitted`` → ``terminal`` →
 ``published``, or ``rejected`` when MindVideo refused the request. Each record keeps the payload
 fingerprint, task and request ids, the last event id seen, timestamps and the result once known;
-once the result is published it shrinks to a small tombstone (``_TOMBSTONE_LUA``, docs/contracts.md
-§4) that the webhook side also marks its first-attempt deliveries in (field ``w``).
+once the result is published it shrinks to a small tombstone (docs/contracts.md §4) that the
+webhook side also marks its first-attempt deliveries in (field ``w``). The result is published
+once per key: the publish is a compare-and-set with a lease (``take_publish``). The scripts are in
+``relay.pipeline.idempotency_scripts``.
 The claim is one Lua script, so two owners cannot both see a key as new; every other write is one
 script too, touching one hash and resetting its retention atomically. Key names carry the
 idempotency key in a hash tag, so a Redis Cluster keeps each record on one slot.
@@ -26,112 +28,12 @@ from typing import Literal
 from redis.exceptions import RedisError
 
 from relay.models import ResultRecord, event_id_for, format_ts
+from relay.pipeline import idempotency_scripts as scripts
 from relay.pipeline.batching import RedisBatcher
 from relay.redis import RedisClient
 
 ClaimOutcome = Literal["new", "conflict", "existing"]
 RefusalStatus = Literal["new", "seen", "in_use"]
-
-# A tombstone keeps the fingerprint's first FP_TOMBSTONE_CHARS hex digits: it matches a payload
-# whose fingerprint starts with them.
-_CLAIM_LUA = """
-local fp = redis.call('HGET', KEYS[1], 'fp')
-if fp and #fp < #ARGV[1] and fp == string.sub(ARGV[1], 1, #fp) then fp = ARGV[1] end
-local rejected = redis.call('HGET', KEYS[1], 'state') == 'rejected'
-  or string.sub(redis.call('HGET', KEYS[1], 's') or '', 1, 1) == 'r'
-if (not fp) or (fp ~= ARGV[1] and rejected) then
-  redis.call('DEL', KEYS[1])
-  redis.call('HSET', KEYS[1], 'fp', ARGV[1], 'state', 'claimed', 'claimed_at', ARGV[2],
-             'model', ARGV[4], 'meta', ARGV[5], 'hook', ARGV[6])
-  redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
-  return {'new'}
-end
-if fp ~= ARGV[1] then
-  return {'conflict'}
-end
-local out = redis.call('HGETALL', KEYS[1])
-table.insert(out, 1, 'existing')
-return out
-"""
-
-
-# Record the submit only while the key is still claimed (or lost): states move forward only, and
-# of two owners that both submitted (a rebalance during a slow submit) exactly one records it and
-# is told so (1), so the task's estimate is counted once.
-_SUBMITTED_LUA = """
-local state = redis.call('HGET', KEYS[1], 'state')
-if (state and state ~= 'claimed') or redis.call('HEXISTS', KEYS[1], 's') == 1 then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 2))
-redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
-return 1
-"""
-
-# Shrink a finished record to its tombstone (state, short fingerprint, task, result type,
-# times, webhook done markers and the once-markers of rejections), so a week of them stays
-# small: one HSET of the fields ARGV[3..], the shortened fingerprint, `w` and every `seen:`
-# marker the record had. ARGV: retention, fingerprint length, fields.
-_TOMBSTONE_LUA = """
-local old = redis.call('HGETALL', KEYS[1])
-local new = {unpack(ARGV, 3)}
-for i = 1, #old, 2 do
-  local name = old[i]
-  if name == 'fp' then
-    table.insert(new, 'fp')
-    table.insert(new, string.sub(old[i + 1], 1, tonumber(ARGV[2])))
-  elseif name == 'w' or string.sub(name, 1, 5) == 'seen:' then
-    table.insert(new, name)
-    table.insert(new, old[i + 1])
-  end
-end
-redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], unpack(new))
-redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
-return 1
-"""
-
-# Store the result once (KEYS[1]; ARGV: retention, result JSON): a later owner's copy of the same
-# task's end does not replace it, and a finished record is left alone.
-_TERMINAL_LUA = """
-local state = redis.call('HGET', KEYS[1], 'state')
-if (not state) or state == 'terminal' or state == 'published' or state == 'rejected' then
-  return 0
-end
-redis.call('HSET', KEYS[1], 'state', 'terminal', 'result', ARGV[2])
-redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
-return 1
-"""
-
-# Publishing a key's result once: a compare-and-set on the record (terminal → publishing, a lease
-# `pub` = "<until, unix ms> <token>"). KEYS[1]; ARGV: retention, result JSON (stored when none
-# is), token, lease seconds. {'won', stored result} | {'busy'} | {'done'}.
-_TAKE_PUBLISH_LUA = """
-local state = redis.call('HGET', KEYS[1], 'state')
-if redis.call('HEXISTS', KEYS[1], 's') == 1 or state == 'published' or state == 'rejected' then
-  return {'done'}
-end
-if state ~= 'terminal' then
-  redis.call('HSET', KEYS[1], 'state', 'terminal', 'result', ARGV[2])
-end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local lease = redis.call('HGET', KEYS[1], 'pub')
-if lease then
-  local until_ms, holder = string.match(lease, '^(%d+) (.*)$')
-  if holder ~= ARGV[3] and tonumber(until_ms) > now then return {'busy'} end
-end
-redis.call('HSET', KEYS[1], 'pub', string.format('%d %s', now + tonumber(ARGV[4]) * 1000, ARGV[3]))
-redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
-return {'won', redis.call('HGET', KEYS[1], 'result')}
-"""
-
-# Set a marker field once; a hash created by it gets the retention like every other record.
-_MARK_ONCE_LUA = """
-local added = redis.call('HSETNX', KEYS[1], ARGV[1], '1')
-if redis.call('TTL', KEYS[1]) < 0 then
-  redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
-end
-return added
-"""
 
 
 class KeyState(StrEnum):
@@ -222,12 +124,12 @@ class IdempotencyStore:
         self._redis = redis
         self._prefix = prefix
         self._retention_s = retention_s
-        self._claim = redis.register_script(_CLAIM_LUA)
-        self._submitted = redis.register_script(_SUBMITTED_LUA)
-        self._mark_once = redis.register_script(_MARK_ONCE_LUA)
-        self._tombstone_script = redis.register_script(_TOMBSTONE_LUA)
-        self._terminal = redis.register_script(_TERMINAL_LUA)
-        self._take_publish = redis.register_script(_TAKE_PUBLISH_LUA)
+        self._claim = redis.register_script(scripts.CLAIM_LUA)
+        self._submitted = redis.register_script(scripts.SUBMITTED_LUA)
+        self._mark_once = redis.register_script(scripts.MARK_ONCE_LUA)
+        self._tombstone_script = redis.register_script(scripts.TOMBSTONE_LUA)
+        self._terminal = redis.register_script(scripts.TERMINAL_LUA)
+        self._take_publish = redis.register_script(scripts.TAKE_PUBLISH_LUA)
         self._wall_clock = wall_clock
         self._batcher = RedisBatcher(redis)
         self._event_ids: dict[str, str] = {}

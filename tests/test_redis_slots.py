@@ -117,7 +117,6 @@ async def _exercise_every_store(redis: RedisClient, prefix: str) -> None:
         )
         assert await idem.first_time(key, "rejected:x")
         result = rejection(key, "invalid_input", "x")
-        await idem.mark_terminal(key, result.to_json_bytes())
         assert (await idem.take_publish(key, result.to_json_bytes(), "t", 60)).outcome == "won"
         await idem.mark_published(key, result)
         assert (await idem.claim(key, "fp", "model", "now")).outcome == "existing"

@@ -128,7 +128,6 @@ class IdempotencyStore:
         self._submitted = redis.register_script(scripts.SUBMITTED_LUA)
         self._mark_once = redis.register_script(scripts.MARK_ONCE_LUA)
         self._tombstone_script = redis.register_script(scripts.TOMBSTONE_LUA)
-        self._terminal = redis.register_script(scripts.TERMINAL_LUA)
         self._take_publish = redis.register_script(scripts.TAKE_PUBLISH_LUA)
         self._wall_clock = wall_clock
         self._batcher = RedisBatcher(redis)
@@ -207,13 +206,6 @@ class IdempotencyStore:
                 lambda pipe: pipe.hset(key, "last_event_id", self._event_ids.pop(key))
             )
 
-    async def mark_terminal(self, idempotency_key: str, result_json: bytes) -> None:
-        """The result is known: kept (as its published JSON) until it is published. The first
-        stored result stays (two owners following one task store one result)."""
-        keys = [self.key(idempotency_key)]
-        args: list[str | int] = [self._retention_s, result_json.decode()]
-        await self._batcher.call(lambda pipe: self._terminal(keys=keys, args=args, client=pipe))
-
     async def take_publish(
         self, idempotency_key: str, result_json: bytes, token: str, lease_s: int
     ) -> PublishTurn:
@@ -227,7 +219,7 @@ class IdempotencyStore:
         )
         outcome = _text(reply[0])
         if outcome == "won":
-            return PublishTurn("won", _text(reply[1]).encode())
+            return PublishTurn("won", _text(reply[1]).encode() if len(reply) > 1 else result_json)
         return PublishTurn("busy" if outcome == "busy" else "done")
 
     async def mark_published(self, idempotency_key: str, result: ResultRecord) -> None:

@@ -60,21 +60,10 @@ redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
 return 1
 """
 
-# Store the result once (KEYS[1]; ARGV: retention, result JSON): a later owner's copy of the same
-# task's end does not replace it, and a finished record is left alone.
-TERMINAL_LUA = """
-local state = redis.call('HGET', KEYS[1], 'state')
-if (not state) or state == 'terminal' or state == 'published' or state == 'rejected' then
-  return 0
-end
-redis.call('HSET', KEYS[1], 'state', 'terminal', 'result', ARGV[2])
-redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
-return 1
-"""
-
 # Publishing a key's result once: a compare-and-set on the record (terminal → publishing, a lease
 # `pub` = "<until, unix ms> <token>"). KEYS[1]; ARGV: retention, result JSON (stored when none
-# is), token, lease seconds. {'won', stored result} | {'busy'} | {'done'}.
+# is), token, lease seconds. {'won'} | {'won', the stored result when it is not ARGV[2]} |
+# {'busy'} | {'done'}.
 TAKE_PUBLISH_LUA = """
 local state = redis.call('HGET', KEYS[1], 'state')
 if redis.call('HEXISTS', KEYS[1], 's') == 1 or state == 'published' or state == 'rejected' then
@@ -92,7 +81,9 @@ if lease then
 end
 redis.call('HSET', KEYS[1], 'pub', string.format('%d %s', now + tonumber(ARGV[4]) * 1000, ARGV[3]))
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
-return {'won', redis.call('HGET', KEYS[1], 'result')}
+local stored = redis.call('HGET', KEYS[1], 'result')
+if stored == ARGV[2] then return {'won'} end
+return {'won', stored}
 """
 
 # Set a marker field once; a hash created by it gets the retention like every other record.

@@ -45,8 +45,8 @@ class Stage(StrEnum):
     CLAIM = "claim"  # claim the key in Redis, or learn where its request stands
     RESERVE = "reserve"  # reserve the expected cost in every spend budget that applies
     SUBMIT = "submit"  # create the task (Idempotency-Key) and record it, as one piece
-    FOLLOW = "follow"  # follow the task to its end; store the result
-    PUBLISH = "publish"  # write the result to the results topic
+    FOLLOW = "follow"  # follow the task to its end
+    PUBLISH = "publish"  # store the result, win the key's publish, write it to the results topic
     MARK = "mark"  # record in Redis that the result is published
     DONE = "done"
 

@@ -335,8 +335,9 @@ class RequestSteps:
         if self._budget is not None:
             await self._budget.settle(key, known.cost_estimate, snapshot.cost_actual)
         result = terminal_result(key, rec, known, snapshot)
-        body = result.to_json_bytes()  # encoded once: stored, then published as is
-        await self._store.mark_terminal(key, body)
+        # Encoded once: stored (by the publish's compare-and-set, in the same script), then
+        # published as is.
+        body = result.to_json_bytes()
         work.result, work.body, work.mark = result, body, KeyState.PUBLISHED
         return Stage.PUBLISH
 

@@ -114,10 +114,6 @@ class FakeStore(IdempotencyStore):
     async def mark_event(self, idempotency_key: str, last_event_id: str) -> None:
         self.hashes[idempotency_key]["last_event_id"] = last_event_id
 
-    async def mark_terminal(self, idempotency_key: str, result_json: bytes) -> None:
-        _raise_next(self.errors, "mark_terminal")
-        self.hashes[idempotency_key].update(state=KeyState.TERMINAL, result=result_json.decode())
-
     async def take_publish(
         self, idempotency_key: str, result_json: bytes, token: str, lease_s: int
     ) -> PublishTurn:

@@ -108,7 +108,10 @@ async def test_a_published_record_shrinks_to_a_small_listpack_tombstone(
             "metadata": {"order": "8812", "note": "n" * 300},
         }
     )
-    await store.mark_terminal(key, result.to_json_bytes())
+    turn = await store.take_publish(key, result.to_json_bytes(), "token", 60)
+    assert turn.outcome == "won"
+    assert (await store.get(key)).state == "terminal"  # type: ignore[union-attr]
+    assert (await store.take_publish(key, b"{}", "another", 60)).outcome == "busy"
     assert await store.first_time(key, "rejected:abc")
     await store.mark_published(key, result)
 

@@ -8,9 +8,12 @@ from __future__ import annotations
 CLAIM_LUA = """
 local fp = redis.call('HGET', KEYS[1], 'fp')
 if fp and #fp < #ARGV[1] and fp == string.sub(ARGV[1], 1, #fp) then fp = ARGV[1] end
-local rejected = redis.call('HGET', KEYS[1], 'state') == 'rejected'
-  or string.sub(redis.call('HGET', KEYS[1], 's') or '', 1, 1) == 'r'
-if (not fp) or (fp ~= ARGV[1] and rejected) then
+local fresh = not fp
+if fp and fp ~= ARGV[1] then
+  fresh = redis.call('HGET', KEYS[1], 'state') == 'rejected'
+    or string.sub(redis.call('HGET', KEYS[1], 's') or '', 1, 1) == 'r'
+end
+if fresh then
   redis.call('DEL', KEYS[1])
   redis.call('HSET', KEYS[1], 'fp', ARGV[1], 'state', 'claimed', 'claimed_at', ARGV[2],
              'model', ARGV[4], 'meta', ARGV[5], 'hook', ARGV[6])

@@ -30,6 +30,7 @@ from relay.spend.ledger import BudgetLedger, Reservation, reservation_id
 from relay.spend.prices import Quote, to_micro
 from relay.spend.rules import BudgetRule, applicable
 from relay.webhooks.deliveries import DeliveryStore
+from relay.webhooks.history import AttemptRecord
 from relay.webhooks.ratelimit import RateLimiter, RateLimits
 from tests.support.redis_topologies import RedisCluster
 
@@ -115,8 +116,9 @@ async def _exercise_every_store(redis: RedisClient, prefix: str) -> None:
             key, task_id=f"task_{i}", request_id=None, cost_estimate=0.01, submitted_at="now"
         )
         assert await idem.first_time(key, "rejected:x")
-        await idem.mark_terminal(key, rejection(key, "invalid_input", "x").to_json_bytes())
-        await idem.mark_published(key)
+        result = rejection(key, "invalid_input", "x")
+        assert (await idem.take_publish(key, result.to_json_bytes(), "t", 60)).outcome == "won"
+        await idem.mark_published(key, result)
         assert (await idem.claim(key, "fp", "model", "now")).outcome == "existing"
     webhooks = DeliveryStore(redis, prefix=prefix, done_retention_s=600)
     now = time.time()
@@ -124,18 +126,23 @@ async def _exercise_every_store(redis: RedisClient, prefix: str) -> None:
         WebhookDelivery(
             endpoint=f"https://hooks.example/{i}",
             event_id=f"evt_{i}",
-            idempotency_key=f"order-{i}",
+            idempotency_key=f"order-{i}" if i < 5 else f"no-record-{i}",
             type="task.succeeded",
             body=b"{}",
             published_ms=0,
         )
-        for i in range(5)
+        for i in range(7)
     ]
-    assert await webhooks.schedule(deliveries, now) == 5
+    assert await webhooks.schedule(deliveries, now) == 7
     claimed = await webhooks.claim(await webhooks.due(now, 10), now, lease_s=30)
-    assert len(claimed) == 5
+    assert len(claimed) == 7
     assert await webhooks.reschedule(claimed[0], now + 60)
-    assert all([await webhooks.finish(c, "delivered") for c in claimed[1:]])
+    assert await webhooks.finish(claimed[1], "delivered")  # no attempt: a tombstone line
+    # 200 at the first attempt: a marker in the key's idempotency record, or a tombstone line
+    # when the key has none (no-record-*).
+    ok = AttemptRecord(int(now * 1000), "success", 200, 12)
+    assert all([await webhooks.finish(c, "delivered", ok) for c in claimed[2:]])
+    assert await webhooks.schedule(deliveries[1:], now) == 0, "finished: not scheduled again"
     await _exercise_the_budget_ledger(redis, prefix)
     limiter = RateLimiter(redis, prefix=prefix, limits=RateLimits({}, default=1000.0))
     for i in range(5):  # origins in many slots

@@ -2,7 +2,11 @@
 
 States (``KeyState``) move forward only: ``claimed`` → ``submitted`` → ``terminal`` →
 ``published``, or ``rejected`` when MindVideo refused the request. Each record keeps the payload
-fingerprint, task and request ids, the last event id seen, timestamps and the result once known.
+fingerprint, task and request ids, the last event id seen, timestamps and the result once known;
+once the result is published it shrinks to a small tombstone (docs/contracts.md §4) that the
+webhook side also marks its first-attempt deliveries in (field ``w``). The result is published
+once per key: the publish is a compare-and-set with a lease (``take_publish``). The scripts are in
+``relay.pipeline.idempotency_scripts``.
 The claim is one Lua script, so two owners cannot both see a key as new; every other write is one
 script too, touching one hash and resetting its retention atomically. Key names carry the
 idempotency key in a hash tag, so a Redis Cluster keeps each record on one slot.
@@ -14,61 +18,22 @@ batch: it only shortens a replay after a restart, and is never waited for.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Literal
 
-from relay.models import ResultRecord
+from redis.exceptions import RedisError
+
+from relay.models import ResultRecord, event_id_for, format_ts
+from relay.pipeline import idempotency_scripts as scripts
 from relay.pipeline.batching import RedisBatcher
 from relay.redis import RedisClient
 
 ClaimOutcome = Literal["new", "conflict", "existing"]
 RefusalStatus = Literal["new", "seen", "in_use"]
-
-_WRITE_LUA = """
-redis.call('HSET', KEYS[1], unpack(ARGV, 2))
-redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
-return 1
-"""
-
-_CLAIM_LUA = """
-local fp = redis.call('HGET', KEYS[1], 'fp')
-if (not fp) or (fp ~= ARGV[1] and redis.call('HGET', KEYS[1], 'state') == 'rejected') then
-  redis.call('DEL', KEYS[1])
-  redis.call('HSET', KEYS[1], 'fp', ARGV[1], 'state', 'claimed', 'claimed_at', ARGV[2],
-             'model', ARGV[4])
-  redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
-  return {'new'}
-end
-if fp ~= ARGV[1] then
-  return {'conflict'}
-end
-local out = redis.call('HGETALL', KEYS[1])
-table.insert(out, 1, 'existing')
-return out
-"""
-
-
-# Record the submit only while the key is still claimed (or lost): states move forward only, and
-# of two owners that both submitted (a rebalance during a slow submit) exactly one records it and
-# is told so (1), so the task's estimate is counted once.
-_SUBMITTED_LUA = """
-local state = redis.call('HGET', KEYS[1], 'state')
-if state and state ~= 'claimed' then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 2))
-redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
-return 1
-"""
-
-# Set a marker field once; a hash created by it gets the retention like every other record.
-_MARK_ONCE_LUA = """
-local added = redis.call('HSETNX', KEYS[1], ARGV[1], '1')
-if redis.call('TTL', KEYS[1]) < 0 then
-  redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
-end
-return added
-"""
 
 
 class KeyState(StrEnum):
@@ -80,6 +45,23 @@ class KeyState(StrEnum):
     PUBLISHED = "published"  # the result is on the results topic
     REJECTED = "rejected"  # MindVideo refused the request; the rejection is published
 
+
+# Tombstones (a published or rejected record) keep short field names and values so Redis keeps
+# them in its compact listpack encoding (docs/contracts.md §4): ``s`` state and result type codes,
+# ``fp`` the first FP_TOMBSTONE_CHARS hex digits of the fingerprint (64 bits: a different payload
+# under the same key matches by chance with odds of 2^-64), ``t`` task id, ``p`` published (unix
+# seconds), ``w`` the webhook deliveries done (relay.webhooks.history.CompactDone), plus any
+# ``seen:`` once-markers.
+FP_TOMBSTONE_CHARS = 16
+TOMBSTONE_STATES = {KeyState.PUBLISHED: "p", KeyState.REJECTED: "r"}
+_TOMBSTONE_STATE_OF = {v: k for k, v in TOMBSTONE_STATES.items()}
+RESULT_TYPE_CODES = {
+    "task.succeeded": "s",
+    "task.failed": "f",
+    "task.cancelled": "c",
+    "request.rejected": "r",
+}
+_RESULT_TYPE_OF = {v: k for k, v in RESULT_TYPE_CODES.items()}
 
 # States in which a key belongs to a request: no record-level rejection is published for it.
 IN_USE_STATES = frozenset(
@@ -99,6 +81,27 @@ class IdempotencyRecord:
     submitted_at: str | None = None
     result: ResultRecord | None = None
     model: str | None = None
+    owner_metadata: str | None = None  # the first claim's ``metadata`` as JSON (until published)
+    owner_webhook_url: str | None = None  # the first claim's ``webhook_url``, "" for none
+    result_type: str | None = None  # of a tombstone: the published result's ``type``
+    published_at: str | None = None  # of a tombstone: when the result was published
+
+    def event_id(self, idempotency_key: str) -> str | None:
+        """The published result's ``event_id`` (derived: stable per key and type)."""
+        if self.result is not None:
+            return self.result.event_id
+        return event_id_for(idempotency_key, self.result_type) if self.result_type else None
+
+
+@dataclass(frozen=True, slots=True)
+class PublishTurn:
+    outcome: Literal["won", "busy", "done"]
+    body: bytes | None = None  # with ``won``: the stored result, to publish byte for byte
+
+
+class PublishInProgress(RedisError):
+    """Another process holds the key's publish lease: retried (an outage-like wait), until it
+    published (then a dedupe) or its lease ran out (then this one publishes)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,24 +113,53 @@ class Claim:
 class IdempotencyStore:
     """Reads and writes idempotency records; the retention restarts with every write."""
 
-    def __init__(self, redis: RedisClient, *, prefix: str, retention_s: int) -> None:
+    def __init__(
+        self,
+        redis: RedisClient,
+        *,
+        prefix: str,
+        retention_s: int,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
         self._redis = redis
         self._prefix = prefix
         self._retention_s = retention_s
-        self._claim = redis.register_script(_CLAIM_LUA)
-        self._write_script = redis.register_script(_WRITE_LUA)
-        self._submitted = redis.register_script(_SUBMITTED_LUA)
-        self._mark_once = redis.register_script(_MARK_ONCE_LUA)
+        self._claim = redis.register_script(scripts.CLAIM_LUA)
+        self._submitted = redis.register_script(scripts.SUBMITTED_LUA)
+        self._mark_once = redis.register_script(scripts.MARK_ONCE_LUA)
+        self._tombstone_script = redis.register_script(scripts.TOMBSTONE_LUA)
+        self._take_publish = redis.register_script(scripts.TAKE_PUBLISH_LUA)
+        self._wall_clock = wall_clock
         self._batcher = RedisBatcher(redis)
         self._event_ids: dict[str, str] = {}
 
     def key(self, idempotency_key: str) -> str:
-        return f"{self._prefix}:idem:{{{idempotency_key}}}"
+        return record_key(self._prefix, idempotency_key)
 
-    async def claim(self, idempotency_key: str, fingerprint: str, model: str, now: str) -> Claim:
-        """Claim the key for this payload, or report a conflict or what is already known."""
+    async def claim(
+        self,
+        idempotency_key: str,
+        fingerprint: str,
+        model: str,
+        now: str,
+        *,
+        metadata_json: str = "null",
+        webhook_url: str | None = None,
+    ) -> Claim:
+        """Claim the key for this payload, or report a conflict or what is already known.
+
+        A new claim stores the owner's ``metadata`` (JSON) and ``webhook_url`` until the result
+        is published: the result is built from them, whoever follows the task to its end (a
+        record with the same key and payload from another producer does not redirect it)."""
         keys = [self.key(idempotency_key)]
-        args: list[str | int] = [fingerprint, now, self._retention_s, model]
+        args: list[str | int] = [
+            fingerprint,
+            now,
+            self._retention_s,
+            model,
+            metadata_json,
+            webhook_url or "",
+        ]
         reply = await self._batcher.call(
             lambda pipe: self._claim(keys=keys, args=args, client=pipe)
         )
@@ -174,18 +206,43 @@ class IdempotencyStore:
                 lambda pipe: pipe.hset(key, "last_event_id", self._event_ids.pop(key))
             )
 
-    async def mark_terminal(self, idempotency_key: str, result_json: bytes) -> None:
-        """The result is known: kept (as its published JSON) until it is published."""
-        await self._write(
-            idempotency_key, {"state": KeyState.TERMINAL, "result": result_json.decode()}
+    async def take_publish(
+        self, idempotency_key: str, result_json: bytes, token: str, lease_s: int
+    ) -> PublishTurn:
+        """Whether this process publishes the key's result: ``won`` (with the stored result, to
+        be published as is), ``busy`` (another holds the publish lease: try again later; when
+        the holder dies the lease passes) or ``done`` (published already)."""
+        keys = [self.key(idempotency_key)]
+        args: list[str | int] = [self._retention_s, result_json.decode(), token, lease_s]
+        reply = await self._batcher.call(
+            lambda pipe: self._take_publish(keys=keys, args=args, client=pipe)
         )
+        outcome = _text(reply[0])
+        if outcome == "won":
+            return PublishTurn("won", _text(reply[1]).encode() if len(reply) > 1 else result_json)
+        return PublishTurn("busy" if outcome == "busy" else "done")
 
-    async def mark_published(self, idempotency_key: str) -> None:
-        await self._write(idempotency_key, {"state": KeyState.PUBLISHED})
+    async def mark_published(self, idempotency_key: str, result: ResultRecord) -> None:
+        """The result is on the results topic: the record shrinks to its tombstone."""
+        await self._tombstone(idempotency_key, KeyState.PUBLISHED, result)
 
     async def mark_rejected(self, idempotency_key: str, result: ResultRecord) -> None:
-        await self._write(
-            idempotency_key, {"state": KeyState.REJECTED, "result": result.model_dump_json()}
+        """MindVideo refused the request and the rejection is published: a tombstone too (a
+        corrected payload may claim the key again)."""
+        await self._tombstone(idempotency_key, KeyState.REJECTED, result)
+
+    async def _tombstone(self, idempotency_key: str, state: KeyState, result: ResultRecord) -> None:
+        fields: dict[str, str | int] = {
+            "s": TOMBSTONE_STATES[state] + RESULT_TYPE_CODES.get(result.type, "?"),
+            "p": int(self._wall_clock()),
+        }
+        if result.task_id is not None:
+            fields["t"] = result.task_id
+        keys = [self.key(idempotency_key)]
+        args: list[str | int] = [self._retention_s, FP_TOMBSTONE_CHARS]
+        args += [v for pair in fields.items() for v in pair]
+        await self._batcher.call(
+            lambda pipe: self._tombstone_script(keys=keys, args=args, client=pipe)
         )
 
     async def first_time(self, idempotency_key: str, marker: str) -> bool:
@@ -204,9 +261,11 @@ class IdempotencyStore:
         instead), ``seen`` when it was published before (``first_time`` remembered it), else
         ``new``."""
         key = self.key(idempotency_key)
-        state, seen = await self._batcher.call(
-            lambda pipe: pipe.hmget(key, ["state", f"seen:{marker}"])
+        state, short, seen = await self._batcher.call(
+            lambda pipe: pipe.hmget(key, ["state", "s", f"seen:{marker}"])
         )
+        if state is None and short is not None:
+            state = _TOMBSTONE_STATE_OF.get(_text(short)[:1])
         if state is not None and _text(state) in IN_USE_STATES:
             return "in_use"
         return "seen" if seen is not None else "new"
@@ -253,10 +312,10 @@ class IdempotencyStore:
             if fields.get("state") in (KeyState.SUBMITTED, KeyState.TERMINAL):
                 yield key.removeprefix(head).removesuffix("}"), _record(fields)
 
-    async def _write(self, idempotency_key: str, fields: dict[str, str]) -> None:
-        keys = [self.key(idempotency_key)]
-        args: list[str | int] = [self._retention_s, *(v for pair in fields.items() for v in pair)]
-        await self._batcher.call(lambda pipe: self._write_script(keys=keys, args=args, client=pipe))
+
+def record_key(prefix: str, idempotency_key: str) -> str:
+    """The Redis key of a key's record (its own hash tag: one Cluster slot per record)."""
+    return f"{prefix}:idem:{{{idempotency_key}}}"
 
 
 def _glob_escape(text: str) -> str:
@@ -268,6 +327,8 @@ def _text(value: bytes | str) -> str:
 
 
 def _record(fields: dict[str, str]) -> IdempotencyRecord:
+    if "s" in fields:
+        return _tombstone_record(fields)
     result = fields.get("result")
     estimate = fields.get("cost_estimate")
     return IdempotencyRecord(
@@ -279,4 +340,18 @@ def _record(fields: dict[str, str]) -> IdempotencyRecord:
         submitted_at=fields.get("submitted_at"),
         result=ResultRecord.model_validate_json(result) if result else None,
         model=fields.get("model"),
+        owner_metadata=fields.get("meta"),
+        owner_webhook_url=fields.get("hook"),
+    )
+
+
+def _tombstone_record(fields: dict[str, str]) -> IdempotencyRecord:
+    """A tombstone read back: what a duplicate is told, and where the task and result were."""
+    code = fields["s"]
+    published = fields.get("p")
+    return IdempotencyRecord(
+        state=KeyState(_TOMBSTONE_STATE_OF.get(code[:1], KeyState.PUBLISHED)),
+        task_id=fields.get("t"),
+        result_type=_RESULT_TYPE_OF.get(code[1:]),
+        published_at=format_ts(datetime.fromtimestamp(int(published), UTC)) if published else None,
     )

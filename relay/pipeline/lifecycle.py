@@ -49,8 +49,8 @@ class Stage(StrEnum):
     CLAIM = "claim"  # claim the key in Redis, or learn where its request stands
     RESERVE = "reserve"  # reserve the expected cost in every spend budget that applies
     SUBMIT = "submit"  # create the task (Idempotency-Key) and record it, as one piece
-    FOLLOW = "follow"  # follow the task to its end; store the result
-    PUBLISH = "publish"  # write the result to the results topic
+    FOLLOW = "follow"  # follow the task to its end
+    PUBLISH = "publish"  # store the result, win the key's publish, write it to the results topic
     MARK = "mark"  # record in Redis that the result is published
     DONE = "done"
 
@@ -162,6 +162,7 @@ class Work:
     result: ResultRecord | None = None
     body: bytes | None = None  # the result as stored in Redis, published byte for byte
     marker: str | None = None  # remembered once published, so a replay does not publish again
+    publish_token: str | None = None  # this process's claim on the key's publish lease
     mark: KeyState | None = None  # the key's state once the result is published
     submit_started_s: float | None = None
     resumed_claim: bool = False  # the key was claimed before: an earlier submit may have run
@@ -171,6 +172,9 @@ class Work:
     # A submit may have reached MindVideo (a timeout, a 5xx): expires_at no longer applies, the
     # request is followed through with its Idempotency-Key instead of claimed to cost nothing.
     maybe_submitted: bool = False
+    # MindVideo's answer to the submit until Redis records it (a retry writes, not submits, again)
+    answer: TaskSnapshot | None = None
+    foreign_task: bool = False  # that answer replays a task an earlier claim of the key counted
     recorded: bool = False  # this process wrote the submit to Redis (a retry does not submit)
     snapshot: TaskSnapshot | None = None  # MindVideo's answer to the submit, until charged
     counts_cost: bool = False  # this process counts the task's estimate (first to record it)

@@ -9,7 +9,9 @@ Everything a record carries from one step to the next is in its ``Work``
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -33,7 +35,12 @@ from relay.models import (
 from relay.pipeline.decode import DeadLetter, Rejected, decode_request
 from relay.pipeline.follower import TaskFollower
 from relay.pipeline.handover import Handover
-from relay.pipeline.idempotency import IdempotencyRecord, IdempotencyStore, KeyState
+from relay.pipeline.idempotency import (
+    IdempotencyRecord,
+    IdempotencyStore,
+    KeyState,
+    PublishInProgress,
+)
 from relay.pipeline.lifecycle import (
     INTERNAL_ERROR_REASON,
     KEY_IN_USE_REASON,
@@ -51,6 +58,12 @@ from relay.tracing.spans import NO_TRACING, Tracing
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+CONFLICT_REASON = "idempotency_conflict"
+# How long the winner of a key's publish holds it before another process may publish instead
+# (it died after winning): longer than a publish takes even when Kafka is slow.
+PUBLISH_LEASE_S = 60
+CONFLICT_MARKER = "conflict"  # `seen:conflict` in the key's record: its conflict was published
 
 Step = Callable[[Work], Awaitable[Stage]]
 
@@ -160,10 +173,28 @@ class RequestSteps:
     async def claim(self, work: Work) -> Stage:
         key, rec = _require(work.key), _require(work.request)
         fingerprint = payload_fingerprint(rec.model, rec.input)
-        claim = await self._store.claim(key, fingerprint, rec.model, utc_now_iso())
+        claim = await self._store.claim(
+            key,
+            fingerprint,
+            rec.model,
+            utc_now_iso(),
+            metadata_json=json.dumps(rec.metadata, separators=(",", ":")),
+            webhook_url=work.webhook_url,
+        )
         if claim.outcome == "conflict":
-            marker = f"conflict:{fingerprint}"
+            # One idempotency_conflict result per key within the retention, whatever the
+            # conflicting payloads: more would let anyone flood the results topic (and its
+            # webhooks) under another producer's key. Later conflicts are dead-lettered.
+            marker = CONFLICT_MARKER
             if await self._store.seen(key, marker):
+                work.raw = rec.model_dump_json(exclude_none=True).encode()
+                await self._dead_letter(
+                    work,
+                    CONFLICT_REASON,
+                    "this idempotency key was already used with a different model or input; "
+                    "its idempotency_conflict result was published for an earlier record",
+                    extra=[("original.value", "re-encoded")],
+                )
                 self._outcomes.dedupe("rejected")
                 return Stage.DONE
             work.result = rejection(
@@ -178,6 +209,7 @@ class RequestSteps:
         known = claim.record
         if known is None:
             return Stage.RESERVE
+        _take_owners_view(work, known)
         if known.state in (KeyState.PUBLISHED, KeyState.REJECTED):
             self._outcomes.dedupe("published")
             log.info("duplicate request, result already published", extra={"idempotency_key": key})
@@ -228,20 +260,35 @@ class RequestSteps:
         return Stage.FOLLOW
 
     async def _create_and_record(self, work: Work, key: str, rec: RequestRecord) -> None:
-        """POST the task (the reservation kept alive meanwhile) and record it in Redis."""
-        before = work.maybe_submitted
-        work.maybe_submitted = True
-        try:
-            if self._budget is not None:
-                async with self._budget.keep_alive(work.reservation):
+        """POST the task (the reservation kept alive meanwhile) and record it in Redis.
+
+        MindVideo's answer is kept in ``work.answer`` until Redis has recorded it: when only the
+        Redis write fails (an outage, a Redis at ``maxmemory`` refusing writes), the retry writes
+        it again and does not submit again (a submit is paid; the write is not)."""
+        if work.answer is None:
+            before = work.maybe_submitted
+            work.maybe_submitted = True
+            try:
+                if self._budget is not None:
+                    async with self._budget.keep_alive(work.reservation):
+                        snapshot = await self._client.submit(key, rec.model, rec.input)
+                else:
                     snapshot = await self._client.submit(key, rec.model, rec.input)
-            else:
-                snapshot = await self._client.submit(key, rec.model, rec.input)
-        except BaseException as exc:
-            work.maybe_submitted = before or _may_have_created(exc)
-            if isinstance(exc, RequestRejected):
-                await self._give_back(work)  # refused: nothing was created
-            raise
+            except BaseException as exc:
+                work.maybe_submitted = before or _may_have_created(exc)
+                if isinstance(exc, RequestRejected):
+                    await self._give_back(work)  # refused: nothing was created
+                raise
+            # Counted once per task: by the owner that records it, unless MindVideo says the
+            # submit replays a task that neither this request's earlier tries nor an earlier
+            # claim of the key that never recorded its submit (a crash between the two) can have
+            # created: the key was claimed afresh after its record was lost, and the task was
+            # counted when it was made.
+            work.answer = snapshot
+            work.foreign_task = (
+                snapshot.idempotent_replayed and not before and not work.resumed_claim
+            )
+        snapshot = work.answer
         submitted_at = utc_now_iso()
         first = await self._store.mark_submitted(
             key,
@@ -250,13 +297,8 @@ class RequestSteps:
             cost_estimate=snapshot.cost_estimate,
             submitted_at=submitted_at,
         )
-        # Counted once per task: by the owner that records it, unless MindVideo says the submit
-        # replays a task that neither this request's earlier tries nor an earlier claim of the
-        # key that never recorded its submit (a crash between the two) can have created: the key
-        # was claimed afresh after its record was lost, and the task was counted when it was made.
-        foreign = snapshot.idempotent_replayed and not before and not work.resumed_claim
-        work.recorded, work.snapshot = True, snapshot
-        work.counts_cost = first and not foreign
+        work.recorded, work.snapshot, work.answer = True, snapshot, None
+        work.counts_cost = first and not work.foreign_task
         work.known = IdempotencyRecord(
             state=KeyState.SUBMITTED,
             task_id=snapshot.task_id,
@@ -310,14 +352,32 @@ class RequestSteps:
         if self._budget is not None:
             await self._budget.settle(key, known.cost_estimate, snapshot.cost_actual)
         result = terminal_result(key, rec, known, snapshot)
-        body = result.to_json_bytes()  # encoded once: stored, then published as is
-        await self._store.mark_terminal(key, body)
+        # Encoded once: stored (by the publish's compare-and-set, in the same script), then
+        # published as is.
+        body = result.to_json_bytes()
         work.result, work.body, work.mark = result, body, KeyState.PUBLISHED
         return Stage.PUBLISH
 
     async def publish(self, work: Work) -> Stage:
+        """Publish the result; a task's result only by the process that wins the key's publish
+        compare-and-set (``IdempotencyStore.take_publish``), as stored in Redis."""
         if work.result is None:
             work.result = self._decided_result(work)
+        if work.mark == KeyState.PUBLISHED:
+            body = work.body if work.body is not None else work.result.to_json_bytes()
+            key = _require(work.key)
+            token = work.publish_token or secrets.token_hex(8)
+            work.publish_token = token
+            turn = await self._store.take_publish(key, body, token, PUBLISH_LEASE_S)
+            if turn.outcome == "done":  # counted as a dedupe hit at its claim, if it was one
+                log.info("result published by another owner", extra={"idempotency_key": key})
+                return Stage.DONE
+            if turn.outcome == "busy":
+                raise PublishInProgress(
+                    "another process holds this key's publish lease; waiting for it"
+                )
+            if turn.body is not None and turn.body != body:
+                work.body, work.result = turn.body, ResultRecord.model_validate_json(turn.body)
         try:
             await self._publisher.publish(
                 work.result,
@@ -342,7 +402,7 @@ class RequestSteps:
         if work.marker is not None:
             await self._store.first_time(key, work.marker)
         if work.mark == KeyState.PUBLISHED:
-            await self._store.mark_published(key)
+            await self._store.mark_published(key, result)
         elif work.mark == KeyState.REJECTED:
             await self._store.mark_rejected(key, result)
         return Stage.DONE
@@ -399,6 +459,20 @@ class RequestSteps:
         await self._publisher.dead_letter(
             source, reason, message, value=work.raw, extra_headers=extra or []
         )
+
+
+def _take_owners_view(work: Work, known: IdempotencyRecord) -> None:
+    """A record resuming a key another record claimed: the result goes out with the first
+    claim's ``metadata`` and ``webhook_url`` (a second producer of the same key and payload does
+    not get to redirect or relabel it). Records from before these were stored keep their own."""
+    rec = work.request
+    if rec is None or known.owner_metadata is None:
+        return
+    metadata = json.loads(known.owner_metadata)
+    work.request = rec.model_copy(
+        update={"metadata": metadata, "webhook_url": known.owner_webhook_url or None}
+    )
+    work.webhook_url = known.owner_webhook_url or None
 
 
 def _may_have_created(exc: BaseException) -> bool:

@@ -29,16 +29,20 @@ from redis.asyncio.client import Pipeline
 
 from relay.models import WebhookDelivery
 from relay.origins import origin_of
+from relay.pipeline.idempotency import record_key
 from relay.redis import RedisClient, pipeline
 from relay.settings import RelaySettings
 from relay.webhooks import scripts
 from relay.webhooks.history import (
     AttemptRecord,
+    CompactDone,
     Tombstone,
     append_attempt,
+    decode_compact,
     decode_history,
     id_prefix,
     marker,
+    origin_ref,
 )
 
 MAX_DONE_BUCKETS = 7
@@ -88,6 +92,8 @@ class DeliveryStore:
         self._claim = redis.register_script(scripts.CLAIM)
         self._reschedule = redis.register_script(scripts.RESCHEDULE)
         self._finish = redis.register_script(scripts.FINISH)
+        self._tombstone = redis.register_script(scripts.TOMBSTONE)
+        self._done_mark = redis.register_script(scripts.DONE_MARK)
 
     # Key names
 
@@ -106,6 +112,10 @@ class DeliveryStore:
     def index_keys(self, shard: int) -> tuple[str, str]:
         return f"{self.tag(shard)}:keys", f"{self.tag(shard)}:origins"
 
+    def record_key(self, idempotency_key: str) -> str:
+        """The key's idempotency record, where a clean delivery's done marker is kept."""
+        return record_key(self.prefix, idempotency_key)
+
     def done_keys(self, shard: int, now: float) -> list[str]:
         """The tombstone buckets that may hold a delivery finished within the retention."""
         newest = int(now // self._bucket_s)
@@ -121,6 +131,8 @@ class DeliveryStore:
         A delivery already pending is left alone; one already finished is too, unless ``force``
         (a replay from the dead-letter topic starts it afresh).
         """
+        if not force:
+            deliveries = await self._not_done(deliveries)
         if not deliveries:
             return 0
         now = self._clock()
@@ -139,15 +151,38 @@ class DeliveryStore:
         scheduled it attempts it. A holder that dies leaves it to be claimed at lease expiry."""
         if not deliveries:
             return []
+        # A result published again after a crash: a delivery done at its first attempt left
+        # only its marker in the key's record, not a tombstone the script would find.
+        fresh = {id(d) for d in await self._not_done(deliveries)}
         now = self._clock()
         async with pipeline(self._redis) as pipe:
             for d in deliveries:
-                await self._schedule_one(pipe, d, now + lease_s, False, now, lease=token)
-            results = await pipe.execute()
+                if id(d) in fresh:
+                    await self._schedule_one(pipe, d, now + lease_s, False, now, lease=token)
+            results = iter(await pipe.execute())
         return [
-            ClaimedDelivery(d, token, self.shard_of(d.idempotency_key)) if int(r) else None
-            for d, r in zip(deliveries, results, strict=True)
+            ClaimedDelivery(d, token, self.shard_of(d.idempotency_key))
+            if id(d) in fresh and int(next(results))
+            else None
+            for d in deliveries
         ]
+
+    async def _not_done(self, deliveries: list[WebhookDelivery]) -> list[WebhookDelivery]:
+        """The deliveries without a compact done marker in their key's idempotency record.
+
+        The record is in another Cluster slot than the shard, so this read is not atomic with
+        the schedule script: a result read again at the very moment its delivery finishes may be
+        delivered a second time (at least once, as always; same ``webhook-id``)."""
+        async with pipeline(self._redis) as pipe:
+            for d in deliveries:
+                pipe.hget(self.record_key(d.idempotency_key), "w")
+            marks = await pipe.execute()
+        out = []
+        for d, raw in zip(deliveries, marks, strict=True):
+            done = {c.id_prefix for c in decode_compact(text_of(raw))} if raw else set()
+            if id_prefix(d.delivery_id) not in done:
+                out.append(d)
+        return out
 
     async def _schedule_one(
         self,
@@ -281,27 +316,48 @@ class DeliveryStore:
         history = claimed.history
         if attempt is not None:
             history = append_attempt(history, attempt)
-        tomb = Tombstone(
-            id_prefix(d.delivery_id), outcome, d.type, claimed.origin, decode_history(history)
-        ).encode()
+        attempts = decode_history(history)
+        tomb = Tombstone(id_prefix(d.delivery_id), outcome, d.type, claimed.origin, attempts)
+        # A delivery that got 200 at its first attempt leaves a marker of ~30 bytes in its key's
+        # idempotency record instead of a tombstone line of its own (issue 17: bytes per request).
+        compact = None
+        if outcome == "delivered" and len(attempts) == 1 and attempts[0].status == 200:
+            first = attempts[0]
+            compact = CompactDone(
+                id_prefix(d.delivery_id),
+                d.type,
+                origin_ref(claimed.origin),
+                first.at_ms,
+                first.latency_ms,
+            )
         bucket = int(now // self._bucket_s)
         expire_at = (bucket + 1) * self._bucket_s + self._done_retention_s
+        done_key = self.done_keys(shard, now)[0]
         result = await self._finish(
             keys=[
                 self.due_key(shard),
                 self.hash_key(shard, d.delivery_id),
                 *self.index_keys(shard),
-                self.done_keys(shard, now)[0],
+                done_key,
             ],
             args=[
                 d.delivery_id,
                 claimed.token,
                 d.idempotency_key,
                 claimed.origin,
-                tomb,
+                "" if compact else tomb.encode(),
                 str(expire_at),
+                compact.origin_ref if compact else "",
             ],
         )
+        if result and compact:
+            marker_kept = await self._done_mark(
+                keys=[self.record_key(d.idempotency_key)], args=[compact.encode()]
+            )
+            if not marker_kept:  # no record to hold it: a tombstone line after all
+                await self._tombstone(
+                    keys=[done_key], args=[d.idempotency_key, tomb.encode(), str(expire_at)]
+                )
         return bool(result)
 
 

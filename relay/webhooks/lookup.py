@@ -27,7 +27,13 @@ from relay.origins import origin_of
 from relay.redis import pipeline, redis_client
 from relay.settings import RelaySettings
 from relay.webhooks.deliveries import DeliveryStore, store_from_settings, text_of
-from relay.webhooks.history import AttemptRecord, decode_history, decode_tombstones, id_prefix
+from relay.webhooks.history import (
+    AttemptRecord,
+    decode_compact,
+    decode_history,
+    decode_tombstones,
+    id_prefix,
+)
 
 DEAD_LETTER_SCAN_S = 10.0
 FETCH_TIMEOUT_MS = 500
@@ -62,9 +68,10 @@ async def key_deliveries(store: DeliveryStore, key: str, now: float) -> list[dic
     done_keys = store.done_keys(shard, now)
     async with pipeline(store.redis) as pipe:
         pipe.hget(store.index_keys(shard)[0], key)
+        pipe.hget(store.record_key(key), "w")
         for name in reversed(done_keys):  # oldest bucket first
             pipe.hget(name, key)
-        raw_ids, *tombs = await pipe.execute()
+        raw_ids, compact, *tombs = await pipe.execute()
     ids = text_of(raw_ids).split() if raw_ids else []
     async with pipeline(store.redis) as pipe:
         for delivery_id in ids:
@@ -93,6 +100,7 @@ async def key_deliveries(store: DeliveryStore, key: str, now: float) -> list[dic
                 "attempts": attempts,
             }
         )
+    out += await _compact_deliveries(store, done_keys, text_of(compact) if compact else "")
     for value in tombs:
         for t in decode_tombstones(text_of(value)) if value else []:
             out.append(
@@ -106,6 +114,37 @@ async def key_deliveries(store: DeliveryStore, key: str, now: float) -> list[dic
                     "attempts": _attempts(t.attempts, t.origin),
                 }
             )
+    return out
+
+
+async def _compact_deliveries(
+    store: DeliveryStore, done_keys: list[str], value: str
+) -> list[dict[str, Any]]:
+    """The deliveries that got 200 at their first attempt, from the key's idempotency record;
+    their origins from the names the shard's tombstone buckets keep."""
+    found = decode_compact(value)
+    if not found:
+        return []
+    async with pipeline(store.redis) as pipe:
+        for c in found:
+            for name in done_keys:
+                pipe.hget(name, f"o:{c.origin_ref}")
+        names = await pipe.execute()
+    out = []
+    for i, c in enumerate(found):
+        candidates = names[i * len(done_keys) : (i + 1) * len(done_keys)]
+        origin = next((text_of(n) for n in candidates if n is not None), None)
+        out.append(
+            {
+                "delivery_id": c.id_prefix,
+                "type": c.type,
+                "origin": origin,
+                "state": "delivered",
+                "next_due_at": None,
+                "attempts_made": 1,
+                "attempts": _attempts([c.attempt], origin or "?"),
+            }
+        )
     return out
 
 
@@ -223,8 +262,9 @@ def format_text(doc: dict[str, Any]) -> str:
     lines = [f"key {doc['key']}: {len(doc['deliveries'])} deliveries in Redis"]
     for d in doc["deliveries"]:
         due = f", next attempt {d['next_due_at']}" if d.get("next_due_at") else ""
+        target = f" -> {d['origin']}" if d.get("origin") else ""
         lines.append(
-            f"  {d['delivery_id']} {d['type']} -> {d['origin']}: {d['state']}, "
+            f"  {d['delivery_id']} {d['type']}{target}: {d['state']}, "
             f"{d['attempts_made']} attempts{due}"
         )
         for a in d["attempts"]:

@@ -48,7 +48,9 @@ return 1
 """
 
 # KEYS: due, delivery hash, key index, origin counts, current tombstone bucket
-# ARGV: id, token, idempotency key, origin, tombstone line, bucket expiry (unix seconds)
+# ARGV: id, token, idempotency key, origin, tombstone line, bucket expiry (unix seconds), origin
+# ref. An empty tombstone line writes none (the caller leaves a compact marker in the idempotency
+# record); the bucket then names the origin once, as `o:<origin ref>`.
 FINISH = """
 if redis.call('HGET', KEYS[2], 'lease') ~= ARGV[2] then return 0 end
 redis.call('ZREM', KEYS[1], ARGV[1])
@@ -66,8 +68,32 @@ if ids then
   end
 end
 if redis.call('HINCRBY', KEYS[4], ARGV[4], -1) <= 0 then redis.call('HDEL', KEYS[4], ARGV[4]) end
-local t = redis.call('HGET', KEYS[5], ARGV[3])
-redis.call('HSET', KEYS[5], ARGV[3], (t or '') .. ARGV[5])
+if ARGV[5] ~= '' then
+  local t = redis.call('HGET', KEYS[5], ARGV[3])
+  redis.call('HSET', KEYS[5], ARGV[3], (t or '') .. ARGV[5])
+elseif redis.call('HSETNX', KEYS[5], 'o:' .. ARGV[7], ARGV[4]) == 0 then
+  return 1
+end
 redis.call('EXPIREAT', KEYS[5], ARGV[6])
+return 1
+"""
+
+# KEYS: a tombstone bucket. ARGV: idempotency key, tombstone line, bucket expiry (unix seconds).
+TOMBSTONE = """
+local t = redis.call('HGET', KEYS[1], ARGV[1])
+redis.call('HSET', KEYS[1], ARGV[1], (t or '') .. ARGV[2])
+redis.call('EXPIREAT', KEYS[1], ARGV[3])
+return 1
+"""
+
+# KEYS: the key's idempotency record. ARGV: the marker (`history.CompactDone`), whose first 8
+# characters are the delivery id's.
+# Appended to the record's `w` field when the record exists (it keeps its own retention); 0 when
+# there is no record to hold it (expired, or never written under this prefix).
+DONE_MARK = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local w = redis.call('HGET', KEYS[1], 'w')
+if w and string.find(' ' .. w, ' ' .. string.sub(ARGV[1], 1, 8), 1, true) then return 1 end
+redis.call('HSET', KEYS[1], 'w', w and (w .. ' ' .. ARGV[1]) or ARGV[1])
 return 1
 """

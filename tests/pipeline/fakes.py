@@ -28,6 +28,7 @@ from relay.pipeline.idempotency import (
     IdempotencyRecord,
     IdempotencyStore,
     KeyState,
+    PublishTurn,
     RefusalStatus,
 )
 from relay.pipeline.mindvideo import MindVideoClient
@@ -57,7 +58,16 @@ class FakeStore(IdempotencyStore):
         self.hashes: dict[str, dict[str, str]] = {}
         self.errors: Errors = defaultdict(list)
 
-    async def claim(self, idempotency_key: str, fingerprint: str, model: str, now: str) -> Claim:
+    async def claim(
+        self,
+        idempotency_key: str,
+        fingerprint: str,
+        model: str,
+        now: str,
+        *,
+        metadata_json: str = "null",
+        webhook_url: str | None = None,
+    ) -> Claim:
         _raise_next(self.errors, "claim")
         fields = self.hashes.setdefault(idempotency_key, {})
         fp = fields.get("fp")
@@ -104,11 +114,20 @@ class FakeStore(IdempotencyStore):
     async def mark_event(self, idempotency_key: str, last_event_id: str) -> None:
         self.hashes[idempotency_key]["last_event_id"] = last_event_id
 
-    async def mark_terminal(self, idempotency_key: str, result_json: bytes) -> None:
-        _raise_next(self.errors, "mark_terminal")
-        self.hashes[idempotency_key].update(state=KeyState.TERMINAL, result=result_json.decode())
+    async def take_publish(
+        self, idempotency_key: str, result_json: bytes, token: str, lease_s: int
+    ) -> PublishTurn:
+        _raise_next(self.errors, "take_publish")
+        fields = self.hashes[idempotency_key]
+        if fields.get("state") in (KeyState.PUBLISHED, KeyState.REJECTED):
+            return PublishTurn("done")
+        if fields.get("state") != KeyState.TERMINAL:
+            fields.update(state=KeyState.TERMINAL, result=result_json.decode())
+        if fields.setdefault("pub", token) != token:
+            return PublishTurn("busy")
+        return PublishTurn("won", fields["result"].encode())
 
-    async def mark_published(self, idempotency_key: str) -> None:
+    async def mark_published(self, idempotency_key: str, result: ResultRecord) -> None:
         _raise_next(self.errors, "mark_published")
         self.hashes[idempotency_key]["state"] = KeyState.PUBLISHED
 
@@ -221,6 +240,7 @@ class FakePublisher(ResultPublisher):
         self.traces: list[TraceContext | None] = []  # beside each result
         self.dead_letters: list[DeadLetterCopy] = []
         self.errors: Errors = defaultdict(list)
+        self.before: Callable[[], Awaitable[None]] | None = None  # run as a publish starts
 
     async def publish(
         self,
@@ -231,6 +251,8 @@ class FakePublisher(ResultPublisher):
         trace: TraceContext | None = None,
     ) -> None:
         _raise_next(self.errors, "publish")
+        if self.before is not None:
+            await self.before()
         self.results.append((result, webhook_url))
         self.traces.append(trace)
 

@@ -6,7 +6,7 @@ import asyncio
 
 import redis.asyncio as aioredis
 
-from relay.models import payload_fingerprint, rejection
+from relay.models import ResultRecord, event_id_for, payload_fingerprint, rejection
 from relay.pipeline.idempotency import IdempotencyStore
 
 MODEL = "apimart-doubao-seedance-4-0"
@@ -61,7 +61,7 @@ async def test_keys_use_a_cluster_hash_tag_and_expire(
     assert store.key("order-1") == f"{unique}:idem:{{order-1}}"
     await store.claim("order-1", FP, MODEL, "t0")
     assert 0 < await redis_client.ttl(store.key("order-1")) <= 120
-    await store.mark_published("order-1")
+    await store.mark_published("order-1", rejection("order-1", "invalid_input", "x"))
     record = await store.get("order-1")
     assert record is not None
     assert record.state == "published"
@@ -77,3 +77,70 @@ async def test_first_time_markers_expire_with_the_record(
     assert await store.first_time("k3", "conflict:def")
     assert 0 < await redis_client.ttl(store.key("k3")) <= 90
     assert (await store.claim("k3", FP, MODEL, "t0")).outcome == "new", "the key is still free"
+
+
+async def test_a_published_record_shrinks_to_a_small_listpack_tombstone(
+    redis_client: aioredis.Redis, unique: str
+) -> None:
+    """Once published, the record keeps what dedupe and replay need, in Redis's compact
+    encoding; a duplicate is still a duplicate and a different payload still a conflict."""
+    store = _store(redis_client, unique)
+    key = "order-tomb-8812-cover"
+    assert (await store.claim(key, FP, MODEL, "2026-11-30T16:00:00.000Z")).outcome == "new"
+    await store.mark_submitted(
+        key,
+        task_id="task_0123456789abcdef01234567",
+        request_id="req_1",
+        cost_estimate=0.0252,
+        submitted_at="2026-11-30T16:00:01.000Z",
+    )
+    result = ResultRecord.model_validate(
+        {
+            "event_id": event_id_for(key, "task.succeeded"),
+            "type": "task.succeeded",
+            "idempotency_key": key,
+            "model": MODEL,
+            "task_id": "task_0123456789abcdef01234567",
+            "status": "succeeded",
+            "output": {"video_url": "https://cdn.example/" + "v" * 400},
+            "submitted_at": "2026-11-30T16:00:01.000Z",
+            "completed_at": "2026-11-30T16:01:00.000Z",
+            "metadata": {"order": "8812", "note": "n" * 300},
+        }
+    )
+    turn = await store.take_publish(key, result.to_json_bytes(), "token", 60)
+    assert turn.outcome == "won"
+    assert (await store.get(key)).state == "terminal"  # type: ignore[union-attr]
+    assert (await store.take_publish(key, b"{}", "another", 60)).outcome == "busy"
+    assert await store.first_time(key, "rejected:abc")
+    await store.mark_published(key, result)
+
+    assert await redis_client.object("encoding", store.key(key)) in (b"listpack", "listpack")
+    usage = await redis_client.memory_usage(store.key(key), samples=0)
+    assert usage is not None
+    assert usage < 300, usage  # 1,552 before the shrink (issue 17)
+    record = await store.get(key)
+    assert record is not None
+    assert (record.state, record.task_id) == ("published", "task_0123456789abcdef01234567")
+    assert record.published_at is not None
+    assert record.event_id(key) == result.event_id
+    assert await store.seen(key, "rejected:abc"), "once-markers outlive the shrink"
+    assert 0 < await redis_client.ttl(store.key(key)) <= 3600
+
+    again = await store.claim(key, FP, MODEL, "t")
+    assert again.outcome == "existing"
+    assert again.record is not None
+    assert again.record.state == "published"
+    assert (await store.claim(key, OTHER_FP, MODEL, "t")).outcome == "conflict"
+    assert await store.refusal_status(key, "rejected:other") == "in_use"
+
+
+async def test_a_rejected_tombstone_still_frees_the_key_for_a_corrected_payload(
+    redis_client: aioredis.Redis, unique: str
+) -> None:
+    store = _store(redis_client, unique)
+    assert (await store.claim("k5", FP, MODEL, "t0")).outcome == "new"
+    await store.mark_rejected("k5", rejection("k5", "invalid_input", "bad"))
+    assert await store.refusal_status("k5", "rejected:x") == "new"
+    assert (await store.claim("k5", FP, MODEL, "t1")).outcome == "existing"
+    assert (await store.claim("k5", OTHER_FP, MODEL, "t2")).outcome == "new"

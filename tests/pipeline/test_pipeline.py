@@ -154,6 +154,13 @@ async def test_conflicting_payload_is_rejected_without_charge(
     assert [r.value["type"] for r in results] == ["task.succeeded", "request.rejected"]
     assert results[1].value["error"]["code"] == "idempotency_conflict"
     assert (await pipeline.sim_get("/_sim/ledger"))["count"] == 1
+    # Another conflicting payload: dead-lettered, not published (no flood under the owner's key).
+    changed["input"]["prompt"] = "a third prompt"
+    await pipeline.produce([(key.encode(), json.dumps(changed).encode())])
+    dead = await pipeline.results({key}, RESULT_TIMEOUT_S, topic=pipeline.dlq_topic)
+    assert [r.headers["error.reason"] for r in dead] == [b"idempotency_conflict"]
+    results = await pipeline.results({key}, 1.0, min_count=3)  # waits the whole second
+    assert len(results) == 2, "no second idempotency_conflict result"
 
 
 async def test_undecodable_records_are_dead_lettered(pipeline: Pipeline, unique: str) -> None:

@@ -232,8 +232,14 @@ async def test_a_conflicting_payload_is_rejected_once() -> None:
     other = request("k1", input={"prompt": "another prompt"})
     await h.processor.process(source("k1", other))
     await h.processor.process(source("k1", other))
+    third = request("k1", input={"prompt": "yet another prompt"})
+    await h.processor.process(source("k1", third))
     assert _types(h) == [("task.succeeded", None), ("request.rejected", "idempotency_conflict")]
     assert h.client.submits == ["k1"]
+    # Later conflicts, whatever their payload, go to the dead-letter topic: no flood of results
+    # (and webhooks) under the owner's key.
+    assert [d.reason for d in h.publisher.dead_letters] == ["idempotency_conflict"] * 2
+    assert json.loads(h.publisher.dead_letters[-1].value or b"")["input"] == third["input"]
 
 
 async def test_work_parked_at_the_closed_gate_is_handed_back_at_once() -> None:

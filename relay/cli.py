@@ -31,6 +31,7 @@ from relay.logs import setup_logging
 from relay.redis import redis_client
 from relay.service import Relay
 from relay.settings import RelaySettings
+from relay.shutdown import SHUTDOWN_CLOSE_S, HardDeadline
 from relay.startup import describe_start_failure, quiet_kafka_client, redis_address
 from relay.tracing.config import TracingConfig
 
@@ -58,7 +59,7 @@ async def _serve(settings: RelaySettings, tracing: TracingConfig) -> int:
         log.info("stop requested during start-up")
         starting.cancel()
         await asyncio.gather(starting, return_exceptions=True)
-        await relay.stop()
+        await _stop_within_deadline(relay, settings)
         return 0
     error = starting.exception()
     if error is not None:
@@ -74,8 +75,19 @@ async def _serve(settings: RelaySettings, tracing: TracingConfig) -> int:
     if failed:
         log.error("the consume loop failed", exc_info=waiter.exception())
     stopper.cancel()
-    await relay.stop()
+    await _stop_within_deadline(relay, settings)
     return 1 if failed else 0
+
+
+async def _stop_within_deadline(relay: Relay, settings: RelaySettings) -> None:
+    """``relay.stop()``, with a timer that ends the process (exit ``EXIT_STOP_DEADLINE``) if
+    it has not returned ``SHUTDOWN_CLOSE_S`` after the grace period (relay/shutdown.py)."""
+    deadline = HardDeadline(settings.shutdown_grace_s + SHUTDOWN_CLOSE_S)
+    deadline.start()
+    try:
+        await relay.stop()
+    finally:
+        deadline.cancel()
 
 
 def _load(command: str, loader: Callable[[], T]) -> T:

@@ -71,6 +71,9 @@ class RelaySettings(BaseSettings):
     commit_interval_s: float = Field(default=1.0, gt=0)
     kafka_create_topics: bool = False
     kafka_topic_partitions: int = Field(default=8, ge=1)
+    # Kafka counts as down (/readyz 503, relay_dependency_up 0) after this long without a
+    # successful broker round trip (relay/kafkahealth.py).
+    kafka_health_timeout_s: float = Field(default=15.0, gt=0)
 
     # Work in flight
     max_in_flight_per_partition: int = Field(default=500, ge=1)

@@ -88,6 +88,10 @@ class RequestConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         self._lag_labels: set[str] = set()
         self._paused: set[TopicPartition] = set()
         self._stopping = asyncio.Event()
+        self.joined = False  # the first assignment arrived (readiness says "joining" until then)
+        # Called after each broker round trip that succeeded (a commit, end offsets): the Kafka
+        # health hook (relay/kafkahealth.py).
+        self.on_broker_ok: Callable[[], None] = _nothing
 
     @property
     def in_flight(self) -> int:
@@ -162,6 +166,7 @@ class RequestConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         if not offsets:
             return
         await self._consumer.commit(offsets)
+        self.on_broker_ok()
         for tp, position in offsets.items():
             self._work[tp].committed = position
         self._metrics.offsets_committed.inc()
@@ -193,6 +198,7 @@ class RequestConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         log.info("partitions revoked", extra={"partitions": sorted(tp.partition for tp in mine)})
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        self.joined = True
         kept = [tp for tp in assigned if tp in self._parked]
         lost = [tp for tp in self._parked if tp not in assigned]
         for tp in assigned:
@@ -288,7 +294,10 @@ class RequestConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
             ends = await self._consumer.end_offsets(owned) if owned else {}
         except KafkaError as exc:
             log.info("could not read end offsets for the lag metric", extra={"reason": repr(exc)})
+            self.forget_lag()
             return
+        if owned:
+            self.on_broker_ok()
         shown = set()
         for tp, end in ends.items():
             work = self._work.get(tp)
@@ -302,3 +311,13 @@ class RequestConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         for label in self._lag_labels - shown:
             self._metrics.consumer_lag.remove(label)
         self._lag_labels = shown
+
+    def forget_lag(self) -> None:
+        """Drop the lag gauges: while Kafka is out their last values would only look current."""
+        for label in self._lag_labels:
+            self._metrics.consumer_lag.remove(label)
+        self._lag_labels = set()
+
+
+def _nothing() -> None:
+    return None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
@@ -32,6 +32,8 @@ class ResultPublisher:
         self._metrics = metrics
         self._result_topic = result_topic
         self._dead_letter_topic = dead_letter_topic
+        # Called after each acknowledged send: the Kafka health hook (relay/kafkahealth.py).
+        self.on_broker_ok: Callable[[], None] = _nothing
 
     async def publish(
         self,
@@ -60,6 +62,7 @@ class ResultPublisher:
             key=result.idempotency_key.encode(),
             headers=headers,
         )
+        self.on_broker_ok()
         self._metrics.results_published.labels(result.type).inc()
 
     async def dead_letter(
@@ -86,7 +89,12 @@ class ResultPublisher:
         await self._producer.send_and_wait(
             self._dead_letter_topic, value=value, key=source.key, headers=headers
         )
+        self.on_broker_ok()
         self._metrics.dead_lettered.labels(reason).inc()
+
+
+def _nothing() -> None:
+    return None
 
 
 def _capped(text: str) -> bytes:

@@ -85,17 +85,18 @@ the chart cannot read (valueFrom) is refused: the grace period would be a guess.
 {{- end }}
 
 {{/*
-terminationGracePeriodSeconds: longer than the shutdown grace, so the relay finishes its own drain
-(stop fetching, hand over, commit) before the kubelet's SIGKILL.
+terminationGracePeriodSeconds: longer than the shutdown grace plus the relay's 10 s for closing
+(relay/shutdown.py SHUTDOWN_CLOSE_S), so the relay finishes its own drain (stop fetching, hand
+over, commit) or ends itself (exit code 4) before the kubelet's SIGKILL.
 */}}
 {{- define "mindvideo-relay.terminationGracePeriodSeconds" -}}
 {{- $grace := int (include "mindvideo-relay.shutdownGraceSeconds" .) }}
 {{- if kindIs "invalid" .Values.terminationGracePeriodSeconds }}
-{{- add $grace (int .Values.terminationGraceExtraSeconds) | max (add $grace 1) }}
+{{- add $grace (int .Values.terminationGraceExtraSeconds) | max (add $grace 11) }}
 {{- else }}
 {{- $fixed := int .Values.terminationGracePeriodSeconds }}
-{{- if le $fixed $grace }}
-{{- fail (printf "terminationGracePeriodSeconds (%d) must exceed the shutdown grace RELAY_SHUTDOWN_GRACE_S (%d)" $fixed $grace) }}
+{{- if le $fixed (add $grace 10) }}
+{{- fail (printf "terminationGracePeriodSeconds (%d) must exceed the shutdown grace RELAY_SHUTDOWN_GRACE_S (%d) plus the relay's 10 s for closing" $fixed $grace) }}
 {{- end }}
 {{- $fixed }}
 {{- end }}

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 
 import aiohttp
 from aiohttp import web
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from redis.exceptions import RedisError
+from redis.exceptions import OutOfMemoryError, RedisError, ResponseError
 
 from relay import __version__
 from relay.backoff import Backoff
@@ -44,6 +46,8 @@ from relay.webhooks.dispatcher import WebhookDispatcher
 log = logging.getLogger(__name__)
 
 REDIS_PING_TIMEOUT_S = 1.0
+# The readiness write's key lives this long: one short-lived key per process.
+REDIS_CHECK_TTL_MS = 10_000
 REDIS_MAX_CONNECTIONS = 100
 # Commit retries while Kafka is out (the lifecycle's retries follow the MindVideo backoff settings).
 COMMIT_BACKOFF_BASE_S = 1.0
@@ -350,11 +354,7 @@ class Relay:
             checks["kafka"] = f"joining the consumer group {self.settings.kafka_group_id}"
         else:
             checks["kafka"] = kafka_problem
-        try:
-            assert self._redis is not None
-            await asyncio.wait_for(self._redis.ping(), REDIS_PING_TIMEOUT_S)
-        except (RedisError, OSError, TimeoutError, AssertionError) as exc:
-            checks["redis"] = f"ping failed: {exc!r}"
+        checks["redis"] = await self._redis_problem()
         if "mindvideo" in checks:
             checks["mindvideo"] = self.gate.reason
         if self._webhooks is not None:
@@ -362,6 +362,27 @@ class Relay:
             if "kafka" not in checks:
                 checks["webhooks"] = checks["webhooks"] or kafka_problem
         return checks
+
+    async def _redis_problem(self) -> str | None:
+        """A real write, not a ping: a full Redis (maxmemory with noeviction) still answers
+        PING but refuses every write the relay needs, and must show as not ready."""
+        if self._redis is None:
+            return "not connected yet"
+        key = f"{self.settings.redis_key_prefix}:readyz:{{{socket.gethostname()}:{os.getpid()}}}"
+        try:
+            await asyncio.wait_for(
+                self._redis.set(key, b"1", px=REDIS_CHECK_TTL_MS), REDIS_PING_TIMEOUT_S
+            )
+        except OutOfMemoryError as exc:
+            return (
+                f"Redis is full (OOM), a write failed: {exc} Raise maxmemory or shorten"
+                " RELAY_IDEMPOTENCY_RETENTION_S / RELAY_WEBHOOK_DONE_RETENTION_S"
+            )
+        except ResponseError as exc:
+            return f"a write failed: {exc}"
+        except (RedisError, OSError, TimeoutError) as exc:
+            return f"a write failed: {exc!r}"
+        return None
 
     def _mindvideo_session(self, connections: int) -> aiohttp.ClientSession:
         return aiohttp.ClientSession(

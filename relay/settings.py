@@ -349,7 +349,17 @@ class RelaySettings(BaseSettings):
     @field_validator("mindvideo_base_url")
     @classmethod
     def _strip_slash(cls, value: str) -> str:
-        return value.rstrip("/")
+        return value.strip().rstrip("/")
+
+    @model_validator(mode="after")
+    def _workable(self) -> RelaySettings:
+        """Values valid alone that cannot work (relay.settings_checks): refused at start."""
+        from relay.settings_checks import workable_problems
+
+        problems = workable_problems(self)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
     def service_problems(self) -> list[str]:
         """What ``relay run`` needs beyond valid values, each naming the variable to set.

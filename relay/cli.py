@@ -4,7 +4,8 @@
 Exit codes, for every command: 0 done, 2 the configuration or the command line is wrong (one
 line on stderr names each variable or flag to fix), 1 a dependency could not be reached (one
 line names it, its address and the variable that sets it). ``relay submit`` adds 1 for a
-request that did not succeed and 3 for a ``--wait`` that timed out; ``relay reconcile`` uses 1 for
+request that did not succeed and 3 for a ``--wait`` that timed out; ``relay run`` 4 for a stop that
+overran its deadline (relay/shutdown.py); ``relay reconcile`` uses 1 for
 drift found and 3 for a dependency that could not be reached.
 """
 
@@ -208,9 +209,21 @@ def _cmd_reconcile(args: argparse.Namespace) -> int:
                 show=args.show,
             )
         )
-    except (KafkaError, RedisError, OSError, RelayError, aiohttp.ClientError) as exc:
-        print(f"relay reconcile: could not finish: {exc}", file=sys.stderr)
+    except (KafkaError, RedisError) as exc:
+        print(f"relay reconcile: {describe_start_failure(exc, settings)}", file=sys.stderr)
         return 3
+    except (OSError, RelayError, aiohttp.ClientError) as exc:
+        print(f"relay reconcile: could not finish: {_one_line(exc, settings)}", file=sys.stderr)
+        return 3
+
+
+def _one_line(exc: BaseException, settings: RelaySettings) -> str:
+    """An error as one line: its class when its text is empty, whitespace collapsed, and the
+    variable to check when it is a failure to reach MindVideo."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, aiohttp.ClientError | TimeoutError):
+        text += f"; check RELAY_MINDVIDEO_BASE_URL ({settings.mindvideo_base_url})"
+    return text[:500]
 
 
 def _positive(text: str) -> int:
@@ -241,6 +254,7 @@ def _add_reconcile_command(commands: argparse._SubParsersAction) -> None:  # typ
         "--show", type=_positive, default=20, help="disagreeing tasks listed (20)"
     )
     reconcile.set_defaults(func=_cmd_reconcile)
+    _exit_codes(reconcile, "reconcile")
 
 
 def _add_webhook_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -255,6 +269,7 @@ def _add_webhook_commands(commands: argparse._SubParsersAction) -> None:  # type
     replay.add_argument("--key", help="only deliveries of this idempotency key")
     replay.add_argument("--all", action="store_true", help="every dead-lettered delivery")
     replay.set_defaults(func=_cmd_webhooks_replay)
+    _exit_codes(replay, "replay")
     status = actions.add_parser(
         "status",
         help="every attempt of a key's webhooks: time, origin, status or error, latency, "
@@ -266,6 +281,28 @@ def _add_webhook_commands(commands: argparse._SubParsersAction) -> None:  # type
         "--no-dead-letters", action="store_true", help="skip reading the dead-letter topic"
     )
     status.set_defaults(func=_cmd_webhooks_status)
+    _exit_codes(status, "status")
+
+
+EXIT_CODES = {
+    "run": "0 stopped on SIGTERM/SIGINT, 1 a dependency unreachable at start or the consume "
+    "loop failed, 2 configuration (one line names each RELAY_* variable to fix), 4 the stop "
+    "overran RELAY_SHUTDOWN_GRACE_S + 10 s and the process ended itself",
+    "dev": "0 stopped with Ctrl-C, 1 a service could not start or a child process died (its "
+    "last log lines are printed), 2 configuration or a busy port",
+    "submit": "0 produced (or, with --wait, succeeded), 1 the request did not succeed or Kafka "
+    "was unreachable, 2 usage, configuration or an input the model's schema refuses, "
+    "3 --wait timed out",
+    "reconcile": "0 MindVideo and the relay agree, 1 drift found, 2 usage or configuration, "
+    "3 Kafka, Redis or MindVideo could not be reached",
+    "replay": "0 done, 1 Kafka or Redis unreachable, 2 usage or configuration",
+    "status": "0 attempts found, 1 none found or a dependency unreachable, 2 usage or "
+    "configuration",
+}
+
+
+def _exit_codes(parser: argparse.ArgumentParser, command: str) -> None:
+    parser.epilog = f"exit codes: {EXIT_CODES[command]}"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -278,6 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
         "run", help="run the relay service (configured by RELAY_* environment variables)"
     )
     run.set_defaults(func=_cmd_run)
+    _exit_codes(run, "run")
     sim = commands.add_parser("sim", help="run a MindVideo simulator for local use and tests")
     from relay.sim import cli as sim_cli
 
@@ -289,11 +327,14 @@ def build_parser() -> argparse.ArgumentParser:
         "dev", help="run the whole pipeline on embedded defaults (broker, Redis, simulator, relay)"
     )
     dev.add_arguments(dev_parser)
+    _exit_codes(dev_parser, "dev")
     dev_parser.set_defaults(func=_cmd_dev)
     submit_parser = commands.add_parser(
         "submit", help="produce one generation request (and --wait for its result)"
     )
     submit.add_arguments(submit_parser)
+    if not submit_parser.epilog:
+        _exit_codes(submit_parser, "submit")
     submit_parser.set_defaults(func=_cmd_submit)
     _add_webhook_commands(commands)
     _add_reconcile_command(commands)

@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -38,6 +39,8 @@ from relay.tracing.config import TracingConfig
 
 log = logging.getLogger("relay")
 T = TypeVar("T")
+# Stop steps `relay run` abandoned (relay/shutdown.py): then it exits without interpreter teardown.
+_ABANDONED: list[str] = []
 
 
 async def _serve(settings: RelaySettings, tracing: TracingConfig) -> int:
@@ -89,6 +92,7 @@ async def _stop_within_deadline(relay: Relay, settings: RelaySettings) -> None:
         await relay.stop()
     finally:
         deadline.cancel()
+    _ABANDONED.extend(relay.abandoned_steps)
 
 
 def _load(command: str, loader: Callable[[], T]) -> T:
@@ -105,7 +109,13 @@ def _cmd_run(_: argparse.Namespace) -> int:
     settings = _load("relay run", load_service_settings)  # the OTEL_* variables checked too
     tracing = load_tracing_config()
     setup_logging(settings.log_level, settings.log_format)
-    return eventloop.run(_serve(settings, tracing))
+    code = eventloop.run(_serve(settings, tracing))
+    if _ABANDONED:
+        # Clients whose close was abandoned (a dead broker) would complain from their
+        # finalizers while the interpreter tears down; everything that matters is done.
+        logging.shutdown()
+        os._exit(code)
+    return code
 
 
 def _cmd_dev(args: argparse.Namespace) -> int:

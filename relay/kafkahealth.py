@@ -94,7 +94,7 @@ class KafkaHealth:
                 except TimeoutError:
                     self._last_error = f"a metadata request got no answer in {probe_timeout_s} s"
                 except KafkaError as exc:
-                    self._last_error = type(exc).__name__
+                    self._last_error = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
                 else:
                     self._last_error = ""
                     self.ok()

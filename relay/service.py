@@ -89,6 +89,8 @@ class Relay:
         self._webhooks: WebhookDispatcher | None = None
         self._loop_lag = LoopLagMonitor(self.metrics.event_loop_lag)
         self._budgets: BudgetMonitor | None = None
+        # Stop steps that timed out or failed: their clients are left half-closed.
+        self.abandoned_steps: list[str] = []
         self.kafka_health = KafkaHealth(
             settings.kafka_health_timeout_s,
             bootstrap=settings.kafka_bootstrap_servers,
@@ -338,6 +340,7 @@ class Relay:
         await self._loop_lag.stop()
         # Last: spans of the drained work are exported too.
         await budget.step("flush traces", self.tracing.shutdown, timeout_s=STOP_STEP_TIMEOUT_S)
+        self.abandoned_steps = budget.timed_out
         log.info("stopped", extra={"abandoned_steps": budget.timed_out} if budget.timed_out else {})
 
     async def readiness(self) -> dict[str, str | None]:

@@ -281,7 +281,11 @@ class RelaySettings(BaseSettings):
         for index, item in enumerate(value):
             secret = item.get_secret_value()
             if not secret.startswith("whsec_"):
-                raise ValueError(f"webhook secret #{index + 1} does not start with 'whsec_'")
+                raise ValueError(
+                    f"webhook secret #{index + 1} does not start with 'whsec_' (a Standard "
+                    "Webhooks secret is whsec_ + base64 of 24+ random bytes; make one: "
+                    f"{_MAKE_KEY})"
+                )
             try:
                 key = decode_secret(secret)
             except ValueError as exc:

@@ -57,6 +57,17 @@ class StopBudget:
         except TimeoutError:
             self.timed_out.append(name)
             log.warning("stop step abandoned after its timeout", extra={"step": name, "s": limit})
+        except asyncio.CancelledError:
+            # aiokafka's consumer.stop() re-raises the cancellation of its own fetch tasks when
+            # the broker is gone; only a cancellation of the stop itself may end the stop.
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise
+            self.timed_out.append(name)
+            log.warning("stop step ended by a cancellation inside it", extra={"step": name})
+        except Exception as exc:  # noqa: BLE001 - a failed close must not skip the others
+            self.timed_out.append(name)
+            log.warning("stop step failed", extra={"step": name, "reason": repr(exc)[:300]})
 
 
 class HardDeadline:

@@ -100,3 +100,30 @@ async def test_frozen_broker_unready_then_ready_and_stop_is_bounded(
     took = time.monotonic() - started
     assert code in (0, 4), proc.log_tail()
     assert took <= GRACE_S + SHUTDOWN_CLOSE_S + 1, took
+
+
+async def test_killed_broker_a_quiet_log_and_a_clean_stop(
+    private_pipeline: tuple[Pipeline, ManagedProcess],
+) -> None:
+    """A dead broker (connections refused): aiokafka's repeated complaints are rate-limited, and
+    a SIGTERM stops cleanly although aiokafka's own close fails inside."""
+    pipe, broker = private_pipeline
+    proc, port = await pipe.start_relay(
+        RELAY_KAFKA_HEALTH_TIMEOUT_S=str(HEALTH_TIMEOUT_S), RELAY_SHUTDOWN_GRACE_S=str(GRACE_S)
+    )
+    await _until(pipe, port, 200, 20)
+    broker.kill()
+    checks = await _until(pipe, port, 503, HEALTH_TIMEOUT_S + 6)
+    assert "no successful Kafka round trip" in checks["kafka"]
+    await asyncio.sleep(3)  # aiokafka retries its connections every ~100 ms meanwhile
+    code = await asyncio.to_thread(proc.stop, GRACE_S + SHUTDOWN_CLOSE_S + 5)
+    log = proc.log_path.read_text()
+    assert code == 0, log[-3000:]
+    assert "Traceback" not in log
+    repeated: dict[str, int] = {}
+    for line in log.splitlines():
+        entry = json.loads(line) if line.startswith("{") else {}
+        if str(entry.get("logger", "")).startswith("aiokafka"):
+            repeated[entry["msg"]] = repeated.get(entry["msg"], 0) + 1
+    assert repeated, "aiokafka said something"
+    assert max(repeated.values()) <= 2, repeated

@@ -176,7 +176,7 @@ async def _run(args: argparse.Namespace, base: RelaySettings, tracing: TracingCo
         starting = asyncio.create_task(relay.start())
         await asyncio.wait({starting, watcher, stopper}, return_when=asyncio.FIRST_COMPLETED)
         if starting.done() and starting.exception() is None:
-            _banner(dev, ports, webhook_url)
+            _banner(dev, ports, webhook_url, args.broker)
             waiter = asyncio.create_task(relay.wait())
             await asyncio.wait({waiter, stopper, watcher}, return_when=asyncio.FIRST_COMPLETED)
         else:
@@ -234,7 +234,7 @@ def _say(text: str) -> None:
     print(f"relay dev: {text}", file=sys.stderr, flush=True)
 
 
-def _banner(dev: DevSettings, ports: DevPorts, webhook_url: str) -> None:
+def _banner(dev: DevSettings, ports: DevPorts, webhook_url: str, broker: str) -> None:
     s = dev.settings
     http = f"http://{LOCALHOST}:{ports.http}"
     delivered_to = ", ".join(s.webhook_default_urls) or "(none)"
@@ -244,12 +244,17 @@ def _banner(dev: DevSettings, ports: DevPorts, webhook_url: str) -> None:
         else f"(your RELAY_WEBHOOK_DEFAULT_URL; the local receiver at {webhook_url} is idle)"
     )
     honoured = "".join(f"\n    {line}" for line in honoured_summary(dev))
+    kcat_note = (
+        "\n             (kcat and other librdkafka clients cannot talk to Tansu: --broker noida)"
+        if broker == "tansu"
+        else ""
+    )
     from_env = f"\n  honoured from your environment:{honoured}\n" if honoured else ""
     print(
         f"""
 mindvideo-relay dev is running. Ctrl-C stops everything.
 
-  Kafka      {ports.bootstrap}   requests: {s.request_topic}   results: {s.result_topic}
+  Kafka      {ports.bootstrap}   requests: {s.request_topic}   results: {s.result_topic}{kcat_note}
   Redis      {ports.redis_url}
   MindVideo  {ports.sim_url}   (simulator; ledger: {ports.sim_url}/_sim/ledger)
   relay      {http}/  (status page)   {http}/metrics   {http}/readyz

@@ -263,6 +263,7 @@ class Relay:
         # Served before the group join: a slow join shows as /readyz "joining", not as silence.
         await self._start_http()
         await start_kafka_client(self._kafka_consumer, kafka)
+        self.kafka_health.ok()  # the join was a round trip, however long it took
         self._tasks = [
             asyncio.create_task(self._consumer.run(), name="consume"),
             asyncio.create_task(self._probe_credentials(), name="credential-probe"),

@@ -42,7 +42,7 @@ async def test_readyz_says_joining_while_the_group_join_waits(pipeline: Pipeline
         while not member.assignment():
             assert time.monotonic() < deadline, "the first member never got its partitions"
             await asyncio.sleep(0.1)
-        _, port = await pipeline.start_relay()
+        _, port = await pipeline.start_relay_unjoined()
         status, body = await pipeline.relay_get(port, "/readyz")
         assert status == 503, body
         assert "joining" in json.loads(body)["checks"]["kafka"], body

@@ -16,7 +16,8 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 WORKDIR /src
 # Dependencies first, in a layer of their own: it is rebuilt only when a lock file changes, not
 # when the code does. Every file is pinned by version and sha256 (deploy/lock_requirements.py
-# writes the locks from pyproject.toml), so the image never resolves a version range. Every
+# writes the locks from pyproject.toml, with the otel extra: OTEL_* variables switch tracing on),
+# so the image never resolves a version range. Every
 # runtime dependency ships manylinux wheels, so the builder needs no compiler either.
 COPY requirements.lock requirements-build.lock ./
 RUN python -m venv /opt/venv \

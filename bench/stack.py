@@ -146,6 +146,7 @@ class Stack:
             relays.append(Relay(proc, port))
         for relay in relays:
             await wait_for_port(LOCALHOST, relay.port, READY_TIMEOUT_S, relay.proc)
+            await _joined(relay)
         return relays
 
     async def run_to_end(self, name: str, argv: list[str], timeout_s: float) -> dict[str, Any]:
@@ -218,3 +219,19 @@ async def metric_sum(port: int, name: str) -> float:
 
 def monotonic_deadline(timeout_s: float) -> float:
     return time.monotonic() + timeout_s
+
+
+async def _joined(relay: Relay) -> None:
+    """Until ``/readyz`` no longer says "joining": a relay serves HTTP before its consumer has
+    joined the group, and a measurement must not start with the join."""
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < deadline and relay.proc.is_running():
+            try:
+                async with session.get(f"http://{LOCALHOST}:{relay.port}/readyz") as resp:
+                    checks = (await resp.json())["checks"]
+            except (aiohttp.ClientError, ValueError, KeyError):
+                checks = {"kafka": "joining"}
+            if not str(checks.get("kafka", "")).startswith("joining"):
+                return
+            await asyncio.sleep(0.1)

@@ -4,7 +4,8 @@
 Exit codes, for every command: 0 done, 2 the configuration or the command line is wrong (one
 line on stderr names each variable or flag to fix), 1 a dependency could not be reached (one
 line names it, its address and the variable that sets it). ``relay submit`` adds 1 for a
-request that did not succeed and 3 for a ``--wait`` that timed out; ``relay reconcile`` uses 1 for
+request that did not succeed and 3 for a ``--wait`` that timed out; ``relay run`` 4 for a stop that
+overran its deadline (relay/shutdown.py); ``relay reconcile`` uses 1 for
 drift found and 3 for a dependency that could not be reached.
 """
 
@@ -14,6 +15,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -31,11 +33,14 @@ from relay.logs import setup_logging
 from relay.redis import redis_client
 from relay.service import Relay
 from relay.settings import RelaySettings
+from relay.shutdown import SHUTDOWN_CLOSE_S, HardDeadline
 from relay.startup import describe_start_failure, quiet_kafka_client, redis_address
 from relay.tracing.config import TracingConfig
 
 log = logging.getLogger("relay")
 T = TypeVar("T")
+# Stop steps `relay run` abandoned (relay/shutdown.py): then it exits without interpreter teardown.
+_ABANDONED: list[str] = []
 
 
 async def _serve(settings: RelaySettings, tracing: TracingConfig) -> int:
@@ -58,7 +63,7 @@ async def _serve(settings: RelaySettings, tracing: TracingConfig) -> int:
         log.info("stop requested during start-up")
         starting.cancel()
         await asyncio.gather(starting, return_exceptions=True)
-        await relay.stop()
+        await _stop_within_deadline(relay, settings)
         return 0
     error = starting.exception()
     if error is not None:
@@ -74,8 +79,20 @@ async def _serve(settings: RelaySettings, tracing: TracingConfig) -> int:
     if failed:
         log.error("the consume loop failed", exc_info=waiter.exception())
     stopper.cancel()
-    await relay.stop()
+    await _stop_within_deadline(relay, settings)
     return 1 if failed else 0
+
+
+async def _stop_within_deadline(relay: Relay, settings: RelaySettings) -> None:
+    """``relay.stop()``, with a timer that ends the process (exit ``EXIT_STOP_DEADLINE``) if
+    it has not returned ``SHUTDOWN_CLOSE_S`` after the grace period (relay/shutdown.py)."""
+    deadline = HardDeadline(settings.shutdown_grace_s + SHUTDOWN_CLOSE_S)
+    deadline.start()
+    try:
+        await relay.stop()
+    finally:
+        deadline.cancel()
+    _ABANDONED.extend(relay.abandoned_steps)
 
 
 def _load(command: str, loader: Callable[[], T]) -> T:
@@ -92,7 +109,13 @@ def _cmd_run(_: argparse.Namespace) -> int:
     settings = _load("relay run", load_service_settings)  # the OTEL_* variables checked too
     tracing = load_tracing_config()
     setup_logging(settings.log_level, settings.log_format)
-    return eventloop.run(_serve(settings, tracing))
+    code = eventloop.run(_serve(settings, tracing))
+    if _ABANDONED:
+        # Clients whose close was abandoned (a dead broker) would complain from their
+        # finalizers while the interpreter tears down; everything that matters is done.
+        logging.shutdown()
+        os._exit(code)
+    return code
 
 
 def _cmd_dev(args: argparse.Namespace) -> int:
@@ -196,9 +219,21 @@ def _cmd_reconcile(args: argparse.Namespace) -> int:
                 show=args.show,
             )
         )
-    except (KafkaError, RedisError, OSError, RelayError, aiohttp.ClientError) as exc:
-        print(f"relay reconcile: could not finish: {exc}", file=sys.stderr)
+    except (KafkaError, RedisError) as exc:
+        print(f"relay reconcile: {describe_start_failure(exc, settings)}", file=sys.stderr)
         return 3
+    except (OSError, RelayError, aiohttp.ClientError) as exc:
+        print(f"relay reconcile: could not finish: {_one_line(exc, settings)}", file=sys.stderr)
+        return 3
+
+
+def _one_line(exc: BaseException, settings: RelaySettings) -> str:
+    """An error as one line: its class when its text is empty, whitespace collapsed, and the
+    variable to check when it is a failure to reach MindVideo."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, aiohttp.ClientError | TimeoutError):
+        text += f"; check RELAY_MINDVIDEO_BASE_URL ({settings.mindvideo_base_url})"
+    return text[:500]
 
 
 def _positive(text: str) -> int:
@@ -229,6 +264,7 @@ def _add_reconcile_command(commands: argparse._SubParsersAction) -> None:  # typ
         "--show", type=_positive, default=20, help="disagreeing tasks listed (20)"
     )
     reconcile.set_defaults(func=_cmd_reconcile)
+    _exit_codes(reconcile, "reconcile")
 
 
 def _add_webhook_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -243,6 +279,7 @@ def _add_webhook_commands(commands: argparse._SubParsersAction) -> None:  # type
     replay.add_argument("--key", help="only deliveries of this idempotency key")
     replay.add_argument("--all", action="store_true", help="every dead-lettered delivery")
     replay.set_defaults(func=_cmd_webhooks_replay)
+    _exit_codes(replay, "replay")
     status = actions.add_parser(
         "status",
         help="every attempt of a key's webhooks: time, origin, status or error, latency, "
@@ -254,6 +291,28 @@ def _add_webhook_commands(commands: argparse._SubParsersAction) -> None:  # type
         "--no-dead-letters", action="store_true", help="skip reading the dead-letter topic"
     )
     status.set_defaults(func=_cmd_webhooks_status)
+    _exit_codes(status, "status")
+
+
+EXIT_CODES = {
+    "run": "0 stopped on SIGTERM/SIGINT, 1 a dependency unreachable at start or the consume "
+    "loop failed, 2 configuration (one line names each RELAY_* variable to fix), 4 the stop "
+    "overran RELAY_SHUTDOWN_GRACE_S + 10 s and the process ended itself",
+    "dev": "0 stopped with Ctrl-C, 1 a service could not start or a child process died (its "
+    "last log lines are printed), 2 configuration or a busy port",
+    "submit": "0 produced (or, with --wait, succeeded), 1 the request did not succeed or Kafka "
+    "was unreachable, 2 usage, configuration or an input the model's schema refuses, "
+    "3 --wait timed out",
+    "reconcile": "0 MindVideo and the relay agree, 1 drift found, 2 usage or configuration, "
+    "3 Kafka, Redis or MindVideo could not be reached",
+    "replay": "0 done, 1 Kafka or Redis unreachable, 2 usage or configuration",
+    "status": "0 attempts found, 1 none found or a dependency unreachable, 2 usage or "
+    "configuration",
+}
+
+
+def _exit_codes(parser: argparse.ArgumentParser, command: str) -> None:
+    parser.epilog = f"exit codes: {EXIT_CODES[command]}"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -266,6 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
         "run", help="run the relay service (configured by RELAY_* environment variables)"
     )
     run.set_defaults(func=_cmd_run)
+    _exit_codes(run, "run")
     sim = commands.add_parser("sim", help="run a MindVideo simulator for local use and tests")
     from relay.sim import cli as sim_cli
 
@@ -277,11 +337,14 @@ def build_parser() -> argparse.ArgumentParser:
         "dev", help="run the whole pipeline on embedded defaults (broker, Redis, simulator, relay)"
     )
     dev.add_arguments(dev_parser)
+    _exit_codes(dev_parser, "dev")
     dev_parser.set_defaults(func=_cmd_dev)
     submit_parser = commands.add_parser(
         "submit", help="produce one generation request (and --wait for its result)"
     )
     submit.add_arguments(submit_parser)
+    if not submit_parser.epilog:
+        _exit_codes(submit_parser, "submit")
     submit_parser.set_defaults(func=_cmd_submit)
     _add_webhook_commands(commands)
     _add_reconcile_command(commands)

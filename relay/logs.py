@@ -13,6 +13,8 @@ import json
 import logging
 import re
 import sys
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
@@ -93,13 +95,64 @@ class JsonFormatter(logging.Formatter):
 class ReadableFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         when = datetime.fromtimestamp(record.created).strftime("%H:%M:%S.%f")[:-3]
-        extras = " ".join(f"{k}={v}" for k, v in _extras(record).items())
-        line = f"{when} {record.levelname:<7} {record.name}: {record.getMessage()}"
+        extras = " ".join(f"{k}={_escape(str(v))}" for k, v in _extras(record).items())
+        message = _escape(record.getMessage())
+        line = f"{when} {record.levelname:<7} {record.name}: {message}"
         if extras:
             line = f"{line}  {extras}"
         if record.exc_info:
             line = f"{line}\n{self.formatException(record.exc_info)}"
         return scrub(line)
+
+
+# A client library's repeated complaint (aiokafka logs every refused reconnection, several a
+# second while a broker is out) is written once per this interval, with the count in between.
+REPEAT_INTERVAL_S = 30.0
+RATE_LIMITED_LOGGERS = ("aiokafka",)
+
+
+class RepeatFilter(logging.Filter):
+    """Lets a client library's line through once per ``interval_s`` for each message template;
+    the next one let through carries ``repeated``: how many were held back since."""
+
+    def __init__(
+        self,
+        interval_s: float = REPEAT_INTERVAL_S,
+        prefixes: tuple[str, ...] = RATE_LIMITED_LOGGERS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__()
+        self._interval_s = interval_s
+        self._prefixes = prefixes
+        self._clock = clock
+        # (logger, template) -> (when last let through, how many held back since)
+        self._seen: dict[tuple[str, str], tuple[float, int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith(self._prefixes) or record.levelno <= logging.DEBUG:
+            return True
+        key = (record.name, str(record.msg))
+        now = self._clock()
+        last = self._seen.get(key)
+        if last is not None and now - last[0] < self._interval_s:
+            self._seen[key] = (last[0], last[1] + 1)
+            return False
+        if last is not None and last[1]:
+            record.repeated = last[1]
+            record.repeated_within_s = self._interval_s
+        if len(self._seen) > 1000:  # templates are few; this bounds a library gone wild
+            self._seen.clear()
+        self._seen[key] = (now, 0)
+        return True
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]")
+
+
+def _escape(text: str) -> str:
+    """A text-mode line stays one line: newlines and control characters from producer-supplied
+    strings (keys, error messages) are escaped, so no record can forge a log line."""
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode(), text)
 
 
 def setup_logging(level: str = "INFO", fmt: str = "auto") -> None:
@@ -112,6 +165,7 @@ def setup_logging(level: str = "INFO", fmt: str = "auto") -> None:
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if use_json else ReadableFormatter())
+    handler.addFilter(RepeatFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 
 import aiohttp
 from aiohttp import web
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from redis.exceptions import RedisError
+from redis.exceptions import OutOfMemoryError, RedisError, ResponseError
 
 from relay import __version__
 from relay.backoff import Backoff
 from relay.exceptions import ConfigurationError, OperatorError, RetryableError
 from relay.http import build_http_app
 from relay.kafka import kafka_client_options, start_kafka_client
+from relay.kafkahealth import KafkaHealth
 from relay.loopmonitor import LoopLagMonitor
 from relay.metrics import RelayMetrics
 from relay.pipeline.consumer import RequestConsumer
@@ -35,6 +38,7 @@ from relay.pipeline.steps import RequestSteps
 from relay.redis import RedisClient, redis_client
 from relay.retry import RetryPolicy
 from relay.settings import RelaySettings
+from relay.shutdown import STOP_STEP_KAFKA_DOWN_S, STOP_STEP_TIMEOUT_S, StopBudget
 from relay.spend.guard import build_guard
 from relay.spend.monitor import BudgetMonitor
 from relay.startup import check_eviction_policy
@@ -47,11 +51,15 @@ from relay.webhooks.dispatcher import WebhookDispatcher
 log = logging.getLogger(__name__)
 
 REDIS_PING_TIMEOUT_S = 1.0
+# The readiness write's key lives this long: one short-lived key per process.
+REDIS_CHECK_TTL_MS = 10_000
 REDIS_MAX_CONNECTIONS = 100
 # Commit retries while Kafka is out (the lifecycle's retries follow the MindVideo backoff settings).
 COMMIT_BACKOFF_BASE_S = 1.0
 COMMIT_BACKOFF_MAX_S = 30.0
 DEPENDENCY_CHECK_INTERVAL_S = 5.0
+# The consume loop's last fetch (200 ms) ends before it sees the stop.
+FETCH_STOP_S = 1.0
 
 
 class Relay:
@@ -86,6 +94,13 @@ class Relay:
         self._webhooks: WebhookDispatcher | None = None
         self._loop_lag = LoopLagMonitor(self.metrics.event_loop_lag)
         self._budgets: BudgetMonitor | None = None
+        # Stop steps that timed out or failed: their clients are left half-closed.
+        self.abandoned_steps: list[str] = []
+        self.kafka_health = KafkaHealth(
+            settings.kafka_health_timeout_s,
+            bootstrap=settings.kafka_bootstrap_servers,
+            on_change=self._kafka_changed,
+        )
 
     async def start(self) -> None:
         """Start what ``RELAY_ROLE`` asks for: the request pipeline, the webhook dispatcher, or
@@ -132,6 +147,7 @@ class Relay:
             await producer.stop()  # releases its client; start() leaves it open on failure
             raise
         self._producer = producer
+        self.kafka_health.ok()
         if s.role != "requests":
             # First, and without waiting for a group join: pending retries resume at once.
             self._webhooks = WebhookDispatcher(
@@ -145,6 +161,7 @@ class Relay:
             self._tasks = [
                 asyncio.create_task(self._webhooks.wait(), name="webhooks"),
                 asyncio.create_task(self._watch_dependencies(), name="dependency-health"),
+                asyncio.create_task(self._watch_kafka(), name="kafka-health"),
             ]
             log.info("relay started", extra={"http_port": self.http_port, "role": s.role})
             return
@@ -182,21 +199,23 @@ class Relay:
         )
         await self._budgets.refresh()
         await self._budgets.start()
+        publisher = ResultPublisher(
+            producer,
+            self.metrics,
+            result_topic=s.result_topic,
+            dead_letter_topic=s.dead_letter_topic,
+            max_message_bytes=limits,
+            # Both roles here: this process delivers its own results' webhooks at once.
+            on_publish=self._webhooks.direct.offer if self._webhooks else None,
+        )
+        publisher.on_broker_ok = self.kafka_health.ok
         steps = RequestSteps(
             store=IdempotencyStore(
                 self._redis, prefix=s.redis_key_prefix, retention_s=s.idempotency_retention_s
             ),
             client=self._client,
             follower=follower,
-            publisher=ResultPublisher(
-                producer,
-                self.metrics,
-                result_topic=s.result_topic,
-                dead_letter_topic=s.dead_letter_topic,
-                max_message_bytes=limits,
-                # Both roles here: this process delivers its own results' webhooks at once.
-                on_publish=self._webhooks.direct.offer if self._webhooks else None,
-            ),
+            publisher=publisher,
             outcomes=OutcomeRecorder(self.metrics, self.recent),
             handover=self.handover,
             max_record_bytes=s.max_record_bytes,
@@ -251,13 +270,17 @@ class Relay:
             ),
             handover=self.handover,
         )
+        self._consumer.on_broker_ok = self.kafka_health.ok
         self._consumer.subscribe()
-        await start_kafka_client(self._kafka_consumer, kafka)
+        # Served before the group join: a slow join shows as /readyz "joining", not as silence.
         await self._start_http()
+        await start_kafka_client(self._kafka_consumer, kafka)
+        self.kafka_health.ok()  # the join was a round trip, however long it took
         self._tasks = [
             asyncio.create_task(self._consumer.run(), name="consume"),
             asyncio.create_task(self._probe_credentials(), name="credential-probe"),
             asyncio.create_task(self._watch_dependencies(), name="dependency-health"),
+            asyncio.create_task(self._watch_kafka(), name="kafka-health"),
         ]
         log.info(
             "relay started",
@@ -270,8 +293,18 @@ class Relay:
         await self._tasks[0]
 
     async def stop(self) -> None:
-        """Stop fetching, drain within the grace period, commit, leave the group, close."""
-        log.info("stopping", extra={"grace_s": self.settings.shutdown_grace_s})
+        """Stop fetching, drain within the grace period, commit, leave the group, close.
+
+        Every step after the drain is bounded (``relay.shutdown``): with Kafka or Redis gone a
+        commit, a flush or a close is abandoned after its timeout instead of holding the pod
+        until the kubelet's SIGKILL. The webhook worker drains beside the request consumer, so
+        both fit the one grace period.
+        """
+        grace = self.settings.shutdown_grace_s
+        log.info("stopping", extra={"grace_s": grace})
+        budget = StopBudget(grace)
+        kafka_down = self.kafka_health.problem() is not None
+        kafka_step_s = STOP_STEP_KAFKA_DOWN_S if kafka_down else STOP_STEP_TIMEOUT_S
         if self._consumer is not None:
             self._consumer.stop_fetching()
         # The consume loop ends by itself once fetching stops; the rest is cancelled (waiting
@@ -279,46 +312,93 @@ class Relay:
         for task in self._tasks[1:] if self._consumer is not None else self._tasks:
             task.cancel()
         if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._consumer is not None:
-            await self._consumer.drain(self.settings.shutdown_grace_s)
-        if self._kafka_consumer is not None:
-            await self._kafka_consumer.stop()
-        if self._webhooks is not None:
-            await self._webhooks.stop(self.settings.shutdown_grace_s)
+            await budget.step(
+                "stop tasks",
+                lambda: asyncio.gather(*self._tasks, return_exceptions=True),
+                timeout_s=kafka_step_s + FETCH_STOP_S,
+            )
+        webhooks = self._webhooks
+        webhooks_stop = (
+            asyncio.create_task(webhooks.stop(grace), name="webhooks-stop")
+            if webhooks is not None
+            else None
+        )
+        consumer = self._consumer
+        if consumer is not None:
+            # The grace for the work, then the final commit: bounded, Kafka may be gone.
+            await budget.step(
+                "drain and final commit",
+                lambda: consumer.drain(grace),
+                timeout_s=grace + kafka_step_s,
+            )
+        kafka_consumer = self._kafka_consumer
+        if kafka_consumer is not None:
+            await budget.step("leave the group", kafka_consumer.stop, timeout_s=kafka_step_s)
+        if webhooks_stop is not None:
+            await budget.step(
+                "stop webhooks", lambda: asyncio.shield(webhooks_stop), timeout_s=kafka_step_s
+            )
+            webhooks_stop.cancel()
         if self._budgets is not None:
-            await self._budgets.stop()
+            await budget.step("stop budgets", self._budgets.stop, timeout_s=STOP_STEP_TIMEOUT_S)
         if self._producer is not None:
-            await self._producer.stop()
+            await budget.step("flush the producer", self._producer.stop, timeout_s=kafka_step_s)
         if self._runner is not None:
-            await self._runner.cleanup()
-        if self._session is not None:
-            await self._session.close()
-        if self._stream_session is not None:
-            await self._stream_session.close()
+            await budget.step("close HTTP", self._runner.cleanup, timeout_s=STOP_STEP_TIMEOUT_S)
+        for session in (self._session, self._stream_session):
+            if session is not None:
+                await budget.step("close sessions", session.close, timeout_s=STOP_STEP_TIMEOUT_S)
         if self._redis is not None:
-            await self._redis.aclose()
+            await budget.step("close Redis", self._redis.aclose, timeout_s=STOP_STEP_TIMEOUT_S)
         await self._loop_lag.stop()
-        await self.tracing.shutdown()  # last: spans of the drained work are exported too
-        log.info("stopped")
+        # Last: spans of the drained work are exported too.
+        await budget.step("flush traces", self.tracing.shutdown, timeout_s=STOP_STEP_TIMEOUT_S)
+        self.abandoned_steps = budget.timed_out
+        log.info("stopped", extra={"abandoned_steps": budget.timed_out} if budget.timed_out else {})
 
     async def readiness(self) -> dict[str, str | None]:
         checks: dict[str, str | None] = {"kafka": None, "redis": None, "mindvideo": None}
+        kafka_problem = self.kafka_health.problem()
         if self.settings.role == "webhooks":
             # No request pipeline, no MindVideo: the webhooks check covers the intake's Kafka.
             del checks["kafka"], checks["mindvideo"]
-        elif self._kafka_consumer is None or not self._tasks or self._tasks[0].done():
+        elif self._kafka_consumer is None or not self._tasks:
+            checks["kafka"] = "joining: connecting to Kafka and joining the consumer group"
+        elif self._tasks[0].done():
             checks["kafka"] = "the consume loop is not running"
-        try:
-            assert self._redis is not None
-            await asyncio.wait_for(self._redis.ping(), REDIS_PING_TIMEOUT_S)
-        except (RedisError, OSError, TimeoutError, AssertionError) as exc:
-            checks["redis"] = f"ping failed: {exc!r}"
+        elif self._consumer is not None and not self._consumer.joined:
+            checks["kafka"] = f"joining the consumer group {self.settings.kafka_group_id}"
+        else:
+            checks["kafka"] = kafka_problem
+        checks["redis"] = await self._redis_problem()
         if "mindvideo" in checks:
             checks["mindvideo"] = self.gate.reason
         if self._webhooks is not None:
             checks["webhooks"] = self._webhooks.problem()
+            if "kafka" not in checks:
+                checks["webhooks"] = checks["webhooks"] or kafka_problem
         return checks
+
+    async def _redis_problem(self) -> str | None:
+        """A real write, not a ping: a full Redis (maxmemory with noeviction) still answers
+        PING but refuses every write the relay needs, and must show as not ready."""
+        if self._redis is None:
+            return "not connected yet"
+        key = f"{self.settings.redis_key_prefix}:readyz:{{{socket.gethostname()}:{os.getpid()}}}"
+        try:
+            await asyncio.wait_for(
+                self._redis.set(key, b"1", px=REDIS_CHECK_TTL_MS), REDIS_PING_TIMEOUT_S
+            )
+        except OutOfMemoryError as exc:
+            return (
+                f"Redis is full (OOM), a write failed: {exc} Raise maxmemory or shorten"
+                " RELAY_IDEMPOTENCY_RETENTION_S / RELAY_WEBHOOK_DONE_RETENTION_S"
+            )
+        except ResponseError as exc:
+            return f"a write failed: {exc}"
+        except (RedisError, OSError, TimeoutError) as exc:
+            return f"a write failed: {exc!r}"
+        return None
 
     def _mindvideo_session(self, connections: int) -> aiohttp.ClientSession:
         return aiohttp.ClientSession(
@@ -360,6 +440,18 @@ class Relay:
             for name, problem in (await self.readiness()).items():
                 self.metrics.dependency_up.labels(name).set(0 if problem else 1)
             await asyncio.sleep(DEPENDENCY_CHECK_INTERVAL_S)
+
+    async def _watch_kafka(self) -> None:
+        """Probe the cluster whenever no record, commit or offsets answer proved it alive."""
+        assert self._producer is not None
+        client = self._producer.client
+        await self.kafka_health.run(client.fetch_all_metadata)
+
+    def _kafka_changed(self, up: bool) -> None:
+        """Kafka went down or came back: the metric at once, and no stale lag while down."""
+        self.metrics.dependency_up.labels("kafka").set(1 if up else 0)
+        if not up and self._consumer is not None:
+            self._consumer.forget_lag()
 
     async def _probe_credentials(self) -> None:
         assert self._client is not None

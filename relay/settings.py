@@ -71,6 +71,9 @@ class RelaySettings(BaseSettings):
     commit_interval_s: float = Field(default=1.0, gt=0)
     kafka_create_topics: bool = False
     kafka_topic_partitions: int = Field(default=8, ge=1)
+    # Kafka counts as down (/readyz 503, relay_dependency_up 0) after this long without a
+    # successful broker round trip (relay/kafkahealth.py).
+    kafka_health_timeout_s: float = Field(default=15.0, gt=0)
 
     # Work in flight
     max_in_flight_per_partition: int = Field(default=500, ge=1)
@@ -280,7 +283,11 @@ class RelaySettings(BaseSettings):
         for index, item in enumerate(value):
             secret = item.get_secret_value()
             if not secret.startswith("whsec_"):
-                raise ValueError(f"webhook secret #{index + 1} does not start with 'whsec_'")
+                raise ValueError(
+                    f"webhook secret #{index + 1} does not start with 'whsec_' (a Standard "
+                    "Webhooks secret is whsec_ + base64 of 24+ random bytes; make one: "
+                    f"{_MAKE_KEY})"
+                )
             try:
                 key = decode_secret(secret)
             except ValueError as exc:
@@ -361,7 +368,17 @@ class RelaySettings(BaseSettings):
     @field_validator("mindvideo_base_url")
     @classmethod
     def _strip_slash(cls, value: str) -> str:
-        return value.rstrip("/")
+        return value.strip().rstrip("/")
+
+    @model_validator(mode="after")
+    def _workable(self) -> RelaySettings:
+        """Values valid alone that cannot work (relay.settings_checks): refused at start."""
+        from relay.settings_checks import workable_problems
+
+        problems = workable_problems(self)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
     def service_problems(self) -> list[str]:
         """What ``relay run`` needs beyond valid values, each naming the variable to set.

@@ -51,6 +51,8 @@ from relay.tracing.config import TRACING_OFF, TracingConfig
 
 DEFAULT_WEBHOOK_PORT = 8091
 DEV_PARTITIONS = 4
+CHILD_CHECK_INTERVAL_S = 0.5
+CHILD_LOG_LINES = 15
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -168,17 +170,33 @@ async def _run(args: argparse.Namespace, base: RelaySettings, tracing: TracingCo
         await receiver.setup()
         await web.TCPSite(receiver, LOCALHOST, ports.webhook).start()
         relay = Relay(settings, tracing=tracing)
-        try:
-            await relay.start()
-        except (KafkaError, RedisError) as exc:
-            raise describe_start_failure(exc, settings) from exc
-        _banner(dev, ports, webhook_url)
-        waiter = asyncio.create_task(relay.wait())
+        # From here a child that dies (or Ctrl-C) ends the run, during the relay's start too.
+        watcher = asyncio.create_task(_first_death(children, sim_task))
         stopper = asyncio.create_task(stop.wait())
-        await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        starting = asyncio.create_task(relay.start())
+        await asyncio.wait({starting, watcher, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        if starting.done() and starting.exception() is None:
+            _banner(dev, ports, webhook_url, args.broker)
+            waiter = asyncio.create_task(relay.wait())
+            await asyncio.wait({waiter, stopper, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        else:
+            waiter = starting
+            starting.cancel()
+            await asyncio.gather(starting, return_exceptions=True)
         stopper.cancel()
+        watcher.cancel()
+        if watcher.done() and not watcher.cancelled():
+            _say(watcher.result())
+            return 1
+        error = waiter.exception() if waiter.done() and not waiter.cancelled() else None
+        if isinstance(error, StartupError):
+            raise error
+        if isinstance(error, KafkaError | RedisError):
+            raise describe_start_failure(error, settings) from error
+        if error is not None:
+            _say(f"the relay failed: {error!r}")
         _say("stopping …")
-        return 1 if waiter.done() and waiter.exception() is not None else 0
+        return 1 if error is not None else 0
     finally:
         if relay is not None:
             await relay.stop()
@@ -195,11 +213,28 @@ async def _run(args: argparse.Namespace, base: RelaySettings, tracing: TracingCo
         _say("stopped; nothing left running")
 
 
+async def _first_death(children: list[ManagedProcess], sim_task: asyncio.Task[None] | None) -> str:
+    """Wait until a child process or the simulator ends by itself; say which and why (the last
+    lines of its log), so a dead broker is never silence."""
+    while True:
+        for child in children:
+            if not child.is_running():
+                tail = child.log_tail(CHILD_LOG_LINES).replace("\n", "\n    ")
+                return (
+                    f"{child.name} (pid {child.pid}) exited with code {child.returncode}; "
+                    f"its last lines ({child.log_path}):\n    {tail}"
+                )
+        if sim_task is not None and sim_task.done():
+            error = None if sim_task.cancelled() else sim_task.exception()
+            return f"the MindVideo simulator stopped: {error!r}"
+        await asyncio.sleep(CHILD_CHECK_INTERVAL_S)
+
+
 def _say(text: str) -> None:
     print(f"relay dev: {text}", file=sys.stderr, flush=True)
 
 
-def _banner(dev: DevSettings, ports: DevPorts, webhook_url: str) -> None:
+def _banner(dev: DevSettings, ports: DevPorts, webhook_url: str, broker: str) -> None:
     s = dev.settings
     http = f"http://{LOCALHOST}:{ports.http}"
     delivered_to = ", ".join(s.webhook_default_urls) or "(none)"
@@ -209,12 +244,17 @@ def _banner(dev: DevSettings, ports: DevPorts, webhook_url: str) -> None:
         else f"(your RELAY_WEBHOOK_DEFAULT_URL; the local receiver at {webhook_url} is idle)"
     )
     honoured = "".join(f"\n    {line}" for line in honoured_summary(dev))
+    kcat_note = (
+        "\n             (kcat and other librdkafka clients cannot talk to Tansu: --broker noida)"
+        if broker == "tansu"
+        else ""
+    )
     from_env = f"\n  honoured from your environment:{honoured}\n" if honoured else ""
     print(
         f"""
 mindvideo-relay dev is running. Ctrl-C stops everything.
 
-  Kafka      {ports.bootstrap}   requests: {s.request_topic}   results: {s.result_topic}
+  Kafka      {ports.bootstrap}   requests: {s.request_topic}   results: {s.result_topic}{kcat_note}
   Redis      {ports.redis_url}
   MindVideo  {ports.sim_url}   (simulator; ledger: {ports.sim_url}/_sim/ledger)
   relay      {http}/  (status page)   {http}/metrics   {http}/readyz

@@ -95,6 +95,10 @@ class RequestConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         self._paused: set[TopicPartition] = set()
         self._stopping = asyncio.Event()
         self._last_unparseable: TopicPartition | None = None
+        self.joined = False  # the first assignment arrived (readiness says "joining" until then)
+        # Called after each broker round trip that succeeded (a commit, end offsets): the Kafka
+        # health hook (relay/kafkahealth.py).
+        self.on_broker_ok: Callable[[], None] = _nothing
 
     @property
     def in_flight(self) -> int:
@@ -212,6 +216,7 @@ class RequestConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         if not offsets:
             return
         await self._consumer.commit(offsets)
+        self.on_broker_ok()
         for tp, position in offsets.items():
             self._work[tp].committed = position
         self._metrics.offsets_committed.inc()
@@ -243,6 +248,7 @@ class RequestConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         log.info("partitions revoked", extra={"partitions": sorted(tp.partition for tp in mine)})
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        self.joined = True
         kept = [tp for tp in assigned if tp in self._parked]
         lost = [tp for tp in self._parked if tp not in assigned]
         for tp in assigned:
@@ -347,7 +353,10 @@ class RequestConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
             ends = await self._consumer.end_offsets(owned) if owned else {}
         except KafkaError as exc:
             log.info("could not read end offsets for the lag metric", extra={"reason": repr(exc)})
+            self.forget_lag()
             return
+        if owned:
+            self.on_broker_ok()
         shown = set()
         for tp, end in ends.items():
             work = self._work.get(tp)
@@ -361,3 +370,13 @@ class RequestConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         for label in self._lag_labels - shown:
             self._metrics.consumer_lag.remove(label)
         self._lag_labels = shown
+
+    def forget_lag(self) -> None:
+        """Drop the lag gauges: while Kafka is out their last values would only look current."""
+        for label in self._lag_labels:
+            self._metrics.consumer_lag.remove(label)
+        self._lag_labels = set()
+
+
+def _nothing() -> None:
+    return None

@@ -4,7 +4,10 @@ Transient failures (timeouts, connection errors, 5xx, 408, 429 and a 409 that is
 conflict) are retried up to ``max_attempts`` tries per call by the relay's one ``RetryPolicy``
 (capped, jittered exponential backoff, ``Retry-After`` honoured, counted); then the caller (the
 request lifecycle) holds the request and tries again. The ``Idempotency-Key`` header makes a
-retried submit safe. 401/402/403 raise ``OperatorError``; any
+retried submit safe. 401/402/403 raise ``OperatorError``; so does a 404 on a route that must
+exist (a submit answered 404 with any code but ``model_not_found``, a probe answered 404 with any
+code but ``task_not_found``): the relay was pointed at the wrong place (``RELAY_MINDVIDEO_BASE_URL``
+with a wrong path), which is the operator's to fix, not a reason to reject every request. Any
 other 4xx raises ``RequestRejected`` carrying MindVideo's own code and message.
 
 A submit MindVideo answers as a replay (``Idempotent-Replayed: true``) of a task created before the
@@ -33,6 +36,9 @@ log = logging.getLogger(__name__)
 
 OPERATOR_STATUSES = frozenset({401, 402, 403})
 RETRYABLE_4XX = frozenset({408, 409, 425, 429})
+# A 404 that is about the request (an unknown model) or, for the probe, the expected answer; any
+# other 404 on these operations means the route itself is missing: a wrong base URL.
+EXPECTED_404_CODES = {"submit": "model_not_found", "probe": "task_not_found"}
 REPLAYED_HEADER = "Idempotent-Replayed"
 T = TypeVar("T")
 Sleep = Callable[[float], Awaitable[None]]
@@ -242,6 +248,12 @@ class MindVideoClient:
         code, message = _error_fields(raw, status)
         if status in OPERATOR_STATUSES:
             raise OperatorError(status, message)
+        if status == 404 and code != EXPECTED_404_CODES.get(operation, code):
+            raise OperatorError(
+                status,
+                "wrong RELAY_MINDVIDEO_BASE_URL? it must be the origin only (the relay adds"
+                f" /api/v1): {method} {url} is not a MindVideo route ({code})",
+            )
         if status == 409 and code == "idempotency_conflict":
             raise RequestRejected("idempotency_conflict", message)
         if status >= 500 or status in RETRYABLE_4XX:

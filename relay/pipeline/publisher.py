@@ -93,6 +93,8 @@ class ResultPublisher:
         self._dead_letter_topic = dead_letter_topic
         self._partitioner = DefaultPartitioner()
         self.on_publish = on_publish
+        # Called after each acknowledged send: the Kafka health hook (relay/kafkahealth.py).
+        self.on_broker_ok: Callable[[], None] = _nothing
 
     async def publish(
         self,
@@ -138,6 +140,7 @@ class ResultPublisher:
         except TOO_LARGE_ERRORS:
             # Not offered again: the intake schedules the deliveries of whatever gets published.
             await self._publish_alone(result, value, key, headers, trace_headers)
+        self.on_broker_ok()
         self._metrics.results_published.labels(result.type).inc()
 
     async def _publish_alone(
@@ -187,6 +190,7 @@ class ResultPublisher:
         except TOO_LARGE_ERRORS:
             if not await self._dead_letter_cut(source, reason, value, headers):
                 return
+        self.on_broker_ok()
         self._metrics.dead_lettered.labels(reason).inc()
 
     async def _dead_letter_cut(
@@ -258,6 +262,10 @@ class ResultPublisher:
         )
         if size > limit:
             raise MessageSizeTooLargeError(f"{size} bytes, over {topic}'s {limit}")
+
+
+def _nothing() -> None:
+    return None
 
 
 def _capped(text: str) -> bytes:

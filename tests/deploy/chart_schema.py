@@ -73,6 +73,14 @@ PENDING_SETTINGS: dict[str, dict[str, Any]] = {
 }
 
 
+# Settings whose value is JSON: the chart takes the JSON text, or YAML it renders with toJson.
+JSON_SETTINGS: dict[str, dict[str, Any]] = {
+    "budgets": {"type": ["string", "array", "null"], "items": {"type": "object"}},
+    "price_hints": {"type": ["string", "object", "null"]},
+    "webhook_rate_limits": {"type": ["string", "object", "null"]},
+}
+
+
 def _is_secret(annotation: Any) -> bool:
     return annotation is SecretStr or SecretStr in typing.get_args(annotation)
 
@@ -127,6 +135,8 @@ def config_schema() -> dict[str, Any]:
             }
         elif name in CHART_OWNED:
             properties[name] = {"description": f"{env} is set by the chart: refused here"}
+        elif name in JSON_SETTINGS:
+            properties[name] = {"description": f"{env} (JSON text, or YAML)", **JSON_SETTINGS[name]}
         elif name in RelaySettings.model_fields:
             field = RelaySettings.model_fields[name]
             properties[name] = {

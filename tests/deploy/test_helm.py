@@ -153,6 +153,8 @@ SIZED = {
         "webhook_allowed_hosts": ["hooks.internal", "10.20.0.0/16"],
         "webhook_retry_schedule": [0, 5, 300.5],
         "kafka_enable_idempotence": False,
+        # No signing secret: the relay (and the chart) need the explicit choice to go unsigned.
+        "webhook_allow_unsigned": True,
     },
     "secrets": {
         "webhookSecrets": {"existingSecret": ""},

@@ -112,9 +112,14 @@ def _locked(path: Path) -> dict[str, str]:
 
 
 def _runtime_closure() -> set[str]:
-    """The relay's runtime dependencies and theirs, as installed here (no extras)."""
+    """The relay's runtime dependencies with its ``otel`` extra (the image can trace), and
+    theirs, as installed here (no other extras)."""
     seen: set[str] = set()
-    todo = [Requirement(r) for r in importlib.metadata.requires("mindvideo-relay") or []]
+    todo = [
+        Requirement(req.name)
+        for req in map(Requirement, importlib.metadata.requires("mindvideo-relay") or [])
+        if req.marker is None or req.marker.evaluate({"extra": "otel"})
+    ]
     while todo:
         req = todo.pop()
         if req.marker is not None and not req.marker.evaluate({"extra": ""}):

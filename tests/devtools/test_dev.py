@@ -68,6 +68,16 @@ async def _command(env: dict[str, str], *argv: str) -> tuple[int, str, str]:
     return proc.returncode, out.decode(), err.decode()
 
 
+async def _wait_running(dev: ManagedProcess, http_port: int) -> None:
+    """Until the first screen is printed: the relay serves HTTP before it has joined its
+    consumer group (``/readyz`` says "joining"), and relay dev prints once it has."""
+    await wait_for_port("127.0.0.1", http_port, DEV_READY_TIMEOUT_S, dev)
+    for _ in range(int(DEV_READY_TIMEOUT_S / 0.2)):
+        if "dev is running" in dev.log_path.read_text() or dev.returncode is not None:
+            return
+        await asyncio.sleep(0.2)
+
+
 async def _ctrl_c(dev: ManagedProcess) -> None:
     os.killpg(dev.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends
     for _ in range(int(STOP_TIMEOUT_S / 0.2)):
@@ -92,7 +102,7 @@ async def test_dev_honours_exports_prints_them_and_restarts_at_once(tmp_path: Pa
     restarted = _dev("dev-again", tmp_path, ports, env)
     dev.start()
     try:
-        await wait_for_port("127.0.0.1", ports["http"], DEV_READY_TIMEOUT_S, dev)
+        await _wait_running(dev, ports["http"])
         text = dev.log_path.read_text()
         children = _processes_mentioning(str(ports["kafka"])) + _processes_mentioning(
             str(ports["redis"])
@@ -146,7 +156,7 @@ async def test_dev_honours_exports_prints_them_and_restarts_at_once(tmp_path: Pa
             leave_in_time_wait(port)
         assert all(in_time_wait(port) for port in ports.values())
         restarted.start()
-        await wait_for_port("127.0.0.1", ports["http"], DEV_READY_TIMEOUT_S, restarted)
+        await _wait_running(restarted, ports["http"])
         assert "in use" not in restarted.log_path.read_text()
         await _ctrl_c(restarted)
     finally:

@@ -87,7 +87,14 @@ class Pipeline:
         return env
 
     async def start_relay(self, **env: str) -> tuple[ManagedProcess, int]:
-        """Start ``relay run`` and wait until its ``/healthz`` answers; returns it and its port."""
+        """Start ``relay run`` and wait until its ``/healthz`` answers and it has joined its
+        consumer group; returns it and its port."""
+        proc, port = await self.start_relay_unjoined(**env)
+        await self.wait_joined(proc, port)
+        return proc, port
+
+    async def start_relay_unjoined(self, **env: str) -> tuple[ManagedProcess, int]:
+        """Start ``relay run`` and wait only until its ``/healthz`` answers."""
         port = free_port()
         name = f"relay-{len(self.relays)}"
         proc = ManagedProcess(
@@ -102,9 +109,28 @@ class Pipeline:
         return proc, port
 
     async def restart_relay(self, proc: ManagedProcess, port: int) -> None:
-        """Start a stopped or killed relay again, same settings and port."""
+        """Start a stopped or killed relay again, same settings and port, and wait until it has
+        joined its consumer group."""
         proc.start()
         await wait_for_port("127.0.0.1", port, HEALTH_TIMEOUT_S, proc)
+        await self.wait_joined(proc, port)
+
+    async def wait_joined(self, proc: ManagedProcess, port: int) -> None:
+        """Until ``/readyz`` no longer says "joining": the relay serves HTTP before its request
+        consumer has joined the group (so a slow join is observable), and tests that produce
+        right after a start mean a relay that consumes. Gives up quietly after the health
+        timeout or when the relay exits: a test may start a relay that never becomes ready on
+        purpose."""
+        deadline = time.monotonic() + HEALTH_TIMEOUT_S
+        while time.monotonic() < deadline and proc.is_running():
+            try:
+                _, body = await self.relay_get(port, "/readyz")
+                kafka = str(json.loads(body)["checks"].get("kafka", ""))
+            except (aiohttp.ClientError, ValueError, KeyError):
+                kafka = "joining"
+            if not kafka.startswith("joining"):
+                return
+            await asyncio.sleep(0.1)
 
     async def relay_get(self, port: int, path: str) -> tuple[int, str]:
         url = f"http://127.0.0.1:{port}{path}"

@@ -85,17 +85,18 @@ the chart cannot read (valueFrom) is refused: the grace period would be a guess.
 {{- end }}
 
 {{/*
-terminationGracePeriodSeconds: longer than the shutdown grace, so the relay finishes its own drain
-(stop fetching, hand over, commit) before the kubelet's SIGKILL.
+terminationGracePeriodSeconds: longer than the shutdown grace plus the relay's 10 s for closing
+(relay/shutdown.py SHUTDOWN_CLOSE_S), so the relay finishes its own drain (stop fetching, hand
+over, commit) or ends itself (exit code 4) before the kubelet's SIGKILL.
 */}}
 {{- define "mindvideo-relay.terminationGracePeriodSeconds" -}}
 {{- $grace := int (include "mindvideo-relay.shutdownGraceSeconds" .) }}
 {{- if kindIs "invalid" .Values.terminationGracePeriodSeconds }}
-{{- add $grace (int .Values.terminationGraceExtraSeconds) | max (add $grace 1) }}
+{{- add $grace (int .Values.terminationGraceExtraSeconds) | max (add $grace 11) }}
 {{- else }}
 {{- $fixed := int .Values.terminationGracePeriodSeconds }}
-{{- if le $fixed $grace }}
-{{- fail (printf "terminationGracePeriodSeconds (%d) must exceed the shutdown grace RELAY_SHUTDOWN_GRACE_S (%d)" $fixed $grace) }}
+{{- if le $fixed (add $grace 10) }}
+{{- fail (printf "terminationGracePeriodSeconds (%d) must exceed the shutdown grace RELAY_SHUTDOWN_GRACE_S (%d) plus the relay's 10 s for closing" $fixed $grace) }}
 {{- end }}
 {{- $fixed }}
 {{- end }}
@@ -112,11 +113,13 @@ terminationGracePeriodSeconds: longer than the shutdown grace, so the relay fini
 {{- end }}
 
 {{/*
-RELAY_* variables from .Values.config. A name that extraEnv also sets is left to extraEnv (e.g.
+RELAY_* variables from .Values.config (budgets, price_hints and webhook_rate_limits given as YAML
+are rendered as the JSON the relay reads). A name that extraEnv also sets is left to extraEnv (e.g.
 RELAY_REDIS_URL from a Secret), and so is redis_url when secrets.redisUrl is set: no duplicates.
 */}}
 {{- define "mindvideo-relay.configEnv" -}}
 {{- $owned := include "mindvideo-relay.chartOwnedSettings" . | fromJsonArray }}
+{{- $json := list "budgets" "price_hints" "webhook_rate_limits" }}
 {{- $secrets := include "mindvideo-relay.secretSettings" . | fromJson }}
 {{- $skip := list }}
 {{- range .Values.extraEnv }}
@@ -135,7 +138,11 @@ RELAY_REDIS_URL from a Secret), and so is redis_url when secrets.redisUrl is set
 {{- end }}
 {{- if not (or (kindIs "invalid" $value) (eq (toString $value) "") (has $name $skip)) }}
 - name: {{ $name }}
+  {{- if and (has $key $json) (not (kindIs "string" $value)) }}
+  value: {{ toJson $value | quote }}
+  {{- else }}
   value: {{ include "mindvideo-relay.envValue" $value | quote }}
+  {{- end }}
 {{- end }}
 {{- end }}
 {{- end }}
@@ -196,6 +203,12 @@ A list becomes the comma-separated form the relay reads.
 {{- end }}
 {{- if and .Values.kafkaTls.existingSecret (not (has $protocol (list "SSL" "SASL_SSL"))) }}
 {{- fail "kafkaTls is set but config.kafka_security_protocol is neither SSL nor SASL_SSL" }}
+{{- end }}
+{{- if and .Values.keda.enabled (not (has $protocol (list "" "PLAINTEXT"))) (not .Values.keda.authenticationRef) }}
+{{- fail (printf "keda.enabled with config.kafka_security_protocol %s needs keda.authenticationRef: a TriggerAuthentication with the SASL username/password and/or the CA (KEDA cannot read the lag otherwise and would run the fallback replicas forever)" $protocol) }}
+{{- end }}
+{{- if and .Values.webhooks.enabled (not (or .Values.secrets.webhookSecrets.existingSecret (has "RELAY_WEBHOOK_SECRETS" $extra) .Values.config.webhook_allow_unsigned (has "RELAY_WEBHOOK_ALLOW_UNSIGNED" $extra))) }}
+{{- fail "no webhook signing secret: set secrets.webhookSecrets.existingSecret, or config.webhook_allow_unsigned: true to deliver webhooks unsigned on purpose (the relay refuses to start otherwise)" }}
 {{- end }}
 {{- if ne (empty .Values.kafkaTls.certKey) (empty .Values.kafkaTls.keyKey) }}
 {{- fail "kafkaTls.certKey and kafkaTls.keyKey go together (mutual TLS needs both)" }}

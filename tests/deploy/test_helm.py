@@ -397,10 +397,11 @@ async def test_network_policy_blocks_metadata_addresses(tmp_path: Path) -> None:
     rules = {
         tuple(sorted({p["port"] for p in rule["ports"]})): rule["to"] for rule in spec["egress"]
     }
-    # 9092: the port of config.kafka_bootstrap_servers (kafka:9092) is always allowed.
-    assert set(rules) == {(53,), (9092, 9094), (6379, 26379), (80, 443)}
+    # The ports of config.kafka_bootstrap_servers (kafka:9092) and config.redis_url
+    # (redis://redis:6379/0) are always allowed (test_helm_network.py).
+    assert set(rules) == {(53,), (9092, 9094), (6379,), (80, 443)}
     assert rules[(9092, 9094)] == brokers
-    for ports in ((6379, 26379), (80, 443)):
+    for ports in ((6379,), (80, 443)):
         blocks = {peer["ipBlock"]["cidr"]: set(peer["ipBlock"]["except"]) for peer in rules[ports]}
         assert set(blocks) == {"0.0.0.0/0", "::/0"}
         assert {"169.254.0.0/16", "100.100.100.200/32"} <= blocks["0.0.0.0/0"]

@@ -83,29 +83,31 @@ async def test_the_readme_examples_reach_their_brokers(
     assert kafka, f"no egress rule allows {wanted}: {_egress_ports(policy)}"
 
 
+SECRET_URL = {"secrets": {"redisUrl": {"existingSecret": "redis-auth", "key": "url"}}}
+SENTINELS = {
+    "redis_mode": "sentinel",
+    "redis_sentinels": ["sentinel-0:26380", "sentinel-1:26380"],
+    "redis_sentinel_master": "mymaster",
+}
+
+
 @pytest.mark.parametrize(
     ("overrides", "kafka", "redis"),
     [
         (
             {"config": {"kafka_bootstrap_servers": "b-1.msk:9096, b-2.msk:9096,[fd00::5]:9097"}},
-            {9092, 9093, 9096, 9097},
-            {6379, 26379},
+            {9096, 9097},
+            {6379},
         ),
+        ({"config": {"kafka_bootstrap_servers": "kafka-0, kafka-1"}}, {9092}, {6379}),
+        ({"config": {"redis_url": "rediss://:p@ss@redis.example:6380/0"}}, {9092}, {6380}),
+        ({"config": {"redis_url": "redis://[fd00::7]:6381"}}, {9092}, {6381}),
+        ({"config": {"redis_url": "rediss://redis.example"}}, {9092}, {6379}),
         (
-            {"config": {"redis_url": "rediss://:p@ss@redis.example:6380/0"}},
-            {9092, 9093},
-            {6379, 26379, 6380},
-        ),
-        (
-            {
-                "config": {
-                    "redis_mode": "sentinel",
-                    "redis_sentinels": ["sentinel-0:26380", "sentinel-1:26380"],
-                    "redis_sentinel_master": "mymaster",
-                }
-            },
-            {9092, 9093},
-            {6379, 26379, 26380},
+            # The Sentinels' ports from config, the master's (named at run time) listed.
+            {"config": SENTINELS, "networkPolicy": {"redis": {"ports": [6380]}}},
+            {9092},
+            {6380, 26380},
         ),
         (
             # extraEnv wins over config, for the relay and for the policy alike.
@@ -113,23 +115,34 @@ async def test_the_readme_examples_reach_their_brokers(
                 "extraEnv": [
                     {"name": "RELAY_KAFKA_BOOTSTRAP_SERVERS", "value": "kafka.internal:19092"},
                     {"name": "RELAY_REDIS_URL", "value": "redis://redis.internal:16379"},
-                ],
-                "networkPolicy": {"kafka": {"ports": []}, "redis": {"ports": []}},
+                ]
             },
             {19092},
             {16379},
         ),
         (
             # A URL from a Secret is not visible: the listed ports are what is allowed.
-            {
-                "secrets": {"redisUrl": {"existingSecret": "redis-auth", "key": "url"}},
-                "networkPolicy": {"redis": {"ports": [6380]}},
-            },
-            {9092, 9093},
+            {**SECRET_URL, "networkPolicy": {"redis": {"ports": [6380]}}},
+            {9092},
             {6380},
         ),
+        (
+            {"networkPolicy": {"kafka": {"ports": [9093]}, "redis": {"ports": [6379, 26379]}}},
+            {9092, 9093},
+            {6379, 26379},
+        ),
     ],
-    ids=["msk-brokers", "tls-redis", "sentinels", "extra-env", "url-from-secret"],
+    ids=[
+        "msk-brokers",
+        "default-port",
+        "tls-redis",
+        "ipv6-redis",
+        "redis-default-port",
+        "sentinels",
+        "extra-env",
+        "url-from-secret",
+        "listed-and-derived",
+    ],
 )
 async def test_egress_allows_the_configured_ports(
     tmp_path: Path, overrides: dict[str, Any], kafka: set[int], redis: set[int]
@@ -148,27 +161,53 @@ async def test_egress_allows_the_configured_ports(
     [
         ({"config": {"kafka_bootstrap_servers": "kafka:90g2"}}, r'"kafka:90g2" has no valid port'),
         ({"config": {"kafka_bootstrap_servers": "kafka:70000"}}, "not between 1 and 65535"),
+        (SECRET_URL, r"RELAY_REDIS_URL comes from a Secret .* networkPolicy\.redis\.ports"),
         (
             {
-                "secrets": {"redisUrl": {"existingSecret": "redis-auth", "key": "url"}},
-                "networkPolicy": {"redis": {"ports": []}},
+                "extraEnv": [
+                    {
+                        "name": "RELAY_REDIS_URL",
+                        "valueFrom": {"secretKeyRef": {"name": "redis-auth", "key": "url"}},
+                    }
+                ]
             },
-            "networkPolicy.redis.ports is empty",
+            "RELAY_REDIS_URL comes from a Secret",
         ),
+        ({"config": SENTINELS}, r"sentinel .* list their port\(s\) in networkPolicy\.redis\.ports"),
         (
-            {"config": {"kafka_bootstrap_servers": ""}, "networkPolicy": {"kafka": {"ports": []}}},
-            "networkPolicy.kafka.ports is empty",
+            {
+                "extraEnv": [
+                    {
+                        "name": "RELAY_KAFKA_BOOTSTRAP_SERVERS",
+                        "valueFrom": {"configMapKeyRef": {"name": "kafka", "key": "servers"}},
+                    }
+                ]
+            },
+            r"RELAY_KAFKA_BOOTSTRAP_SERVERS comes from extraEnv valueFrom",
         ),
+        ({"config": {"kafka_bootstrap_servers": ""}}, "no Kafka port to allow"),
+        ({"config": {"redis_url": "redis://:pa#ss@redis:6379/0"}}, r"no host\[:port\] can be read"),
     ],
-    ids=["bad-port", "port-out-of-range", "redis-nothing-allowed", "kafka-nothing-allowed"],
+    ids=[
+        "bad-port",
+        "port-out-of-range",
+        "redis-url-in-secret",
+        "redis-url-from-extra-env-secret",
+        "sentinel-master-port",
+        "brokers-from-configmap",
+        "no-brokers",
+        "unencoded-password",
+    ],
 )
-async def test_a_port_the_policy_cannot_allow_fails_the_render(
+async def test_a_port_the_chart_cannot_see_fails_the_render(
     tmp_path: Path, overrides: dict[str, Any], message: str
 ) -> None:
-    """An empty port list would render `ports: null`, which Kubernetes reads as every port."""
+    """Rather than a policy that silently blocks the relay's own Redis or brokers (or renders
+    `ports: null`, which Kubernetes reads as every port)."""
     network = {"enabled": True, **overrides.get("networkPolicy", {})}
-    with pytest.raises(helm.InstallError, match=message):
+    with pytest.raises(helm.InstallError, match=message) as refused:
         await _render(tmp_path, {**overrides, "networkPolicy": network})
+    assert "pa#ss" not in str(refused.value), "a password never reaches the error"
 
 
 @pytest.mark.parametrize("ingress_from", [MONITORING, []], ids=["monitoring-only", "anyone"])

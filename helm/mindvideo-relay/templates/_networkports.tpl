@@ -1,8 +1,9 @@
 {{/*
 The NetworkPolicy's Kafka and Redis ports: the ones listed under networkPolicy.kafka.ports /
 networkPolicy.redis.ports, plus the ports of the addresses the relay is configured with, so a
-broker on 9096 (MSK SASL/SCRAM) or a TLS Redis on 6380 is never blocked by a default list.
-An address the chart cannot see (a Secret, an extraEnv valueFrom) is covered by the lists only.
+broker on 9096 (MSK SASL/SCRAM) or a TLS Redis on 6380 is never blocked by a default list. A
+port the chart cannot see (a URL in a Secret, an extraEnv valueFrom, the master a Sentinel names)
+must be listed: with nothing listed the render fails rather than block the pods' own Redis.
 */}}
 
 {{/*
@@ -26,26 +27,31 @@ The TCP port of one address as the clients read it: "host:port", "[v6]:port", or
 {{- end }}
 
 {{/*
-A setting's plain value as the pods get it: an extraEnv value (it wins), else config.<key>; ""
-when the chart cannot see it (extraEnv valueFrom). (dict "root" $ "key" "redis_url")
+A setting as the pods get it, as JSON {"visible": bool, "value": string}: an extraEnv value (it
+wins), else config.<key>. Not visible: an extraEnv valueFrom, or (redis_url) secrets.redisUrl.
+(dict "root" $ "key" "redis_url")
 */}}
 {{- define "mindvideo-relay.visibleSetting" -}}
 {{- $name := printf "RELAY_%s" (upper .key) }}
 {{- $found := false }}
-{{- $value := "" }}
+{{- $setting := dict "visible" true "value" "" }}
 {{- range .root.Values.extraEnv }}
 {{- if eq .name $name }}
 {{- $found = true }}
-{{- $value = ternary (toString .value) "" (hasKey . "value") }}
+{{- $setting = dict "visible" (hasKey . "value") "value" (ternary (toString .value) "" (hasKey . "value")) }}
 {{- end }}
+{{- end }}
+{{- if and (not $found) (eq .key "redis_url") .root.Values.secrets.redisUrl.existingSecret }}
+{{- $found = true }}
+{{- $setting = dict "visible" false "value" "" }}
 {{- end }}
 {{- if not $found }}
 {{- $config := get .root.Values.config .key }}
 {{- if not (kindIs "invalid" $config) }}
-{{- $value = include "mindvideo-relay.envValue" $config }}
+{{- $_ := set $setting "value" (include "mindvideo-relay.envValue" $config) }}
 {{- end }}
 {{- end }}
-{{- $value }}
+{{- toJson $setting }}
 {{- end }}
 
 {{/* Ports of a comma-separated address list, as a JSON list. (dict "list" "a:1,b" "default" 9092 "what" "…") */}}
@@ -71,39 +77,53 @@ when the chart cannot see it (extraEnv valueFrom). (dict "root" $ "key" "redis_u
 
 {{/* The Kafka egress ports, as a JSON list. */}}
 {{- define "mindvideo-relay.kafkaPorts" -}}
-{{- $servers := include "mindvideo-relay.visibleSetting" (dict "root" . "key" "kafka_bootstrap_servers") }}
-{{- $derived := include "mindvideo-relay.listPorts" (dict "list" $servers "default" 9092 "what" "config.kafka_bootstrap_servers") | fromJsonArray }}
-{{- $ports := include "mindvideo-relay.unionPorts" (dict "listed" .Values.networkPolicy.kafka.ports "derived" $derived) | fromJsonArray }}
+{{- $listed := .Values.networkPolicy.kafka.ports }}
+{{- $servers := include "mindvideo-relay.visibleSetting" (dict "root" . "key" "kafka_bootstrap_servers") | fromJson }}
+{{- if and (not $servers.visible) (not $listed) }}
+{{- fail "networkPolicy: RELAY_KAFKA_BOOTSTRAP_SERVERS comes from extraEnv valueFrom, which the chart cannot read: list the brokers' ports in networkPolicy.kafka.ports" }}
+{{- end }}
+{{- $derived := include "mindvideo-relay.listPorts" (dict "list" $servers.value "default" 9092 "what" "config.kafka_bootstrap_servers") | fromJsonArray }}
+{{- $ports := include "mindvideo-relay.unionPorts" (dict "listed" $listed "derived" $derived) | fromJsonArray }}
 {{- if not $ports }}
-{{- fail "networkPolicy.kafka.ports is empty and no broker port can be read from config.kafka_bootstrap_servers: list the brokers' ports in networkPolicy.kafka.ports" }}
+{{- fail "networkPolicy: no Kafka port to allow (config.kafka_bootstrap_servers is empty): set it, or list the brokers' ports in networkPolicy.kafka.ports" }}
 {{- end }}
 {{- toJson $ports }}
 {{- end }}
 
 {{/*
-The Redis egress ports, as a JSON list: the port of the Redis URL (6379 when it names none; not
-when it comes from secrets.redisUrl, which the chart cannot read) and of each Sentinel. Nodes the
-client learns of at run time (Cluster nodes, the Sentinels' master) are expected on the same ports
-or in networkPolicy.redis.ports.
+The Redis egress ports, as a JSON list: the port of the Redis URL (6379 when it names none) and
+of each Sentinel. What the chart cannot see must be listed in networkPolicy.redis.ports, or the
+render fails: a URL from secrets.redisUrl or an extraEnv valueFrom, and in Sentinel mode the
+master's and replicas' ports (the Sentinels name them at run time; the URL's host is not used).
+Cluster nodes are expected on the URL's port, or listed.
 */}}
 {{- define "mindvideo-relay.redisPorts" -}}
+{{- $listed := .Values.networkPolicy.redis.ports }}
+{{- $sentinel := eq (toString .Values.config.redis_mode) "sentinel" }}
 {{- $derived := list }}
-{{- $url := "" }}
-{{- if not .Values.secrets.redisUrl.existingSecret }}
-{{- $url = include "mindvideo-relay.visibleSetting" (dict "root" . "key" "redis_url") }}
+{{- if $sentinel }}
+{{- if not $listed }}
+{{- fail "networkPolicy: with config.redis_mode sentinel the Sentinels name the master and its replicas at run time: list their port(s) in networkPolicy.redis.ports (often [6379]); the Sentinels' own ports come from config.redis_sentinels" }}
 {{- end }}
-{{- if and $url (not (hasPrefix "unix:" $url)) }}
-{{- $authority := regexReplaceAll "[/?#].*$" (regexReplaceAll "^[A-Za-z][A-Za-z0-9+.-]*://" $url "") "" }}
+{{- $sentinels := include "mindvideo-relay.visibleSetting" (dict "root" . "key" "redis_sentinels") | fromJson }}
+{{- $derived = include "mindvideo-relay.listPorts" (dict "list" $sentinels.value "default" 26379 "what" "config.redis_sentinels") | fromJsonArray }}
+{{- else }}
+{{- $url := include "mindvideo-relay.visibleSetting" (dict "root" . "key" "redis_url") | fromJson }}
+{{- if and (not $url.visible) (not $listed) }}
+{{- fail "networkPolicy: RELAY_REDIS_URL comes from a Secret (secrets.redisUrl or extraEnv valueFrom), which the chart cannot read: list its port in networkPolicy.redis.ports (e.g. [6379], or [6380] for a TLS endpoint on 6380)" }}
+{{- end }}
+{{- if and $url.value (not (hasPrefix "unix:" $url.value)) }}
+{{- $authority := regexReplaceAll "[/?#].*$" (regexReplaceAll "^[A-Za-z][A-Za-z0-9+.-]*://" $url.value "") "" }}
 {{- $address := regexReplaceAll "^.*@" $authority "" }}
-{{- $derived = append $derived (int (include "mindvideo-relay.addressPort" (dict "address" $address "default" 6379 "what" "config.redis_url"))) }}
+{{- if not (regexMatch "^(\\[[0-9A-Fa-f:.]+\\]|[^:@\\[\\]]*)(:[0-9]{1,5})?$" $address) }}
+{{- fail "config.redis_url: no host[:port] can be read from it (write redis[s]://[:password@]host:port/db with the password URL-encoded, or put a URL with a password in secrets.redisUrl)" }}
 {{- end }}
-{{- if eq (toString .Values.config.redis_mode) "sentinel" }}
-{{- $sentinels := include "mindvideo-relay.visibleSetting" (dict "root" . "key" "redis_sentinels") }}
-{{- $derived = concat $derived (include "mindvideo-relay.listPorts" (dict "list" $sentinels "default" 26379 "what" "config.redis_sentinels") | fromJsonArray) }}
+{{- $derived = list (int (include "mindvideo-relay.addressPort" (dict "address" $address "default" 6379 "what" "config.redis_url"))) }}
 {{- end }}
-{{- $ports := include "mindvideo-relay.unionPorts" (dict "listed" .Values.networkPolicy.redis.ports "derived" $derived) | fromJsonArray }}
+{{- end }}
+{{- $ports := include "mindvideo-relay.unionPorts" (dict "listed" $listed "derived" $derived) | fromJsonArray }}
 {{- if not $ports }}
-{{- fail "networkPolicy.redis.ports is empty and no Redis port can be read from config (the URL comes from secrets.redisUrl): list the Redis ports in networkPolicy.redis.ports" }}
+{{- fail "networkPolicy: no Redis port to allow: list the Redis ports in networkPolicy.redis.ports" }}
 {{- end }}
 {{- toJson $ports }}
 {{- end }}

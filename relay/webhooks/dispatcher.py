@@ -15,7 +15,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from relay.kafka import kafka_client_options
 from relay.metrics import RelayMetrics
-from relay.origins import OriginLabels
+from relay.origins import OriginLabels, origin_of
 from relay.redis import RedisClient
 from relay.settings import RelaySettings
 from relay.topics import create_topics
@@ -145,6 +145,7 @@ class WebhookDispatcher:
             metrics,
             default_endpoints=s.webhook_default_urls,
             lease_s=s.webhook_lease_s,
+            paced=lambda endpoint: limits.rate_for(origin_of(endpoint)) is not None,
             clock=clock,
         )
         self.intake = ResultIntake(

@@ -28,7 +28,7 @@ ROUTE_CHECKS = frozenset({"submit", "probe"})
 # A 404 that is about the request (an unknown model) or, for the probe, the expected answer; any
 # other 404 on these operations means the route itself is missing: a wrong base URL.
 EXPECTED_404_CODES = {"submit": "model_not_found", "probe": "task_not_found"}
-BASE_URL_FIX = "it must be MindVideo's origin only (the relay adds /api/v1)"
+BASE_URL_FIX = "give MindVideo's origin only (the relay adds /api/v1)"
 MAX_MESSAGE_BYTES = 500
 MAX_HEADER_CHARS = 200
 
@@ -76,7 +76,7 @@ def error_for(answer: Answer) -> Exception:
     if checks_route and 300 <= status < 400:
         return _wrong_base_url(
             answer,
-            f"was redirected to {answer.location} (not followed: give the URL the redirect names)",
+            f"was redirected to {answer.location} (not followed)",
         )
     if status in OPERATOR_STATUSES:
         return OperatorError(status, message)
@@ -105,6 +105,6 @@ def error_for(answer: Answer) -> Exception:
 def _wrong_base_url(answer: Answer, what: str) -> OperatorError:
     return OperatorError(
         answer.status,
-        f"wrong RELAY_MINDVIDEO_BASE_URL? {BASE_URL_FIX}: {answer.method} {answer.url} {what}",
+        f"wrong RELAY_MINDVIDEO_BASE_URL? {answer.method} {answer.url} {what}; {BASE_URL_FIX}",
         wrong_base_url=True,
     )

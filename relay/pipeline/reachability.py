@@ -72,7 +72,10 @@ class Reachability:
             self._first_failure_s = now
         self._failures += 1
         self._unlogged += 1
-        self._last_error = " ".join(repr(error).split())[:MAX_ERROR_CHARS]
+        # aiohttp's connector errors repr their whole connection key: the OS error says it all.
+        cause = getattr(error, "os_error", None) or error
+        text = f"{type(error).__name__}: {cause}" if cause is not error else repr(error)
+        self._last_error = " ".join(text.split())[:MAX_ERROR_CHARS]
         if not self.unreachable:
             return
         if self._logged_s is not None and now - self._logged_s < self._log_interval_s:

@@ -71,7 +71,10 @@ spec:
             - name: RELAY_HTTP_PORT
               value: {{ $v.containerPort | quote }}
             {{- include "mindvideo-relay.configEnv" $root | trim | nindent 12 }}
+            {{- /* The webhook dispatcher never calls MindVideo (the relay does not ask it for a key). */}}
+            {{- if eq $role "requests" }}
             {{- include "mindvideo-relay.secretEnv" (dict "name" "RELAY_MINDVIDEO_API_KEY" "ref" (dict "existingSecret" (required "secrets.mindvideoApiKey.existingSecret is required" $v.secrets.mindvideoApiKey.existingSecret) "key" $v.secrets.mindvideoApiKey.key)) | nindent 12 }}
+            {{- end }}
             {{- if $v.secrets.webhookSecrets.existingSecret }}
             {{- include "mindvideo-relay.secretEnv" (dict "name" "RELAY_WEBHOOK_SECRETS" "ref" $v.secrets.webhookSecrets) | nindent 12 }}
             {{- end }}
@@ -88,7 +91,7 @@ spec:
             {{- include "mindvideo-relay.secretEnv" (dict "name" "RELAY_KAFKA_SASL_PASSWORD" "ref" $v.secrets.kafkaSaslPassword) | nindent 12 }}
             {{- end }}
             {{- with $v.kafkaTls }}
-            {{- if .existingSecret }}
+            {{- if or .existingSecret .caSecret }}
             - name: RELAY_KAFKA_SSL_CAFILE
               value: /etc/mindvideo-relay/kafka-tls/{{ .caKey }}
             {{- if .certKey }}
@@ -127,7 +130,7 @@ spec:
           volumeMounts:
             - name: tmp
               mountPath: /tmp
-            {{- if $v.kafkaTls.existingSecret }}
+            {{- if or $v.kafkaTls.existingSecret $v.kafkaTls.caSecret }}
             - name: kafka-tls
               mountPath: /etc/mindvideo-relay/kafka-tls
               readOnly: true
@@ -146,7 +149,25 @@ spec:
           emptyDir:
             sizeLimit: 64Mi
         {{- with $v.kafkaTls }}
-        {{- if .existingSecret }}
+        {{- if .caSecret }}
+        # The brokers' CA from its own Secret (Strimzi: <cluster>-cluster-ca-cert), the client
+        # certificate from existingSecret (the KafkaUser's), side by side in one folder.
+        - name: kafka-tls
+          projected:
+            defaultMode: 0440
+            sources:
+              - secret:
+                  name: {{ .caSecret }}
+                  items:
+                    - {key: {{ .caKey }}, path: {{ .caKey }}}
+              {{- if .certKey }}
+              - secret:
+                  name: {{ .existingSecret }}
+                  items:
+                    - {key: {{ .certKey }}, path: {{ .certKey }}}
+                    - {key: {{ .keyKey }}, path: {{ .keyKey }}}
+              {{- end }}
+        {{- else if .existingSecret }}
         - name: kafka-tls
           secret:
             secretName: {{ .existingSecret }}

@@ -201,7 +201,7 @@ A list becomes the comma-separated form the relay reads.
 {{- if and (hasPrefix "SASL_" $protocol) (not .Values.config.kafka_sasl_mechanism) }}
 {{- fail (printf "config.kafka_security_protocol %s needs config.kafka_sasl_mechanism" $protocol) }}
 {{- end }}
-{{- if and .Values.kafkaTls.existingSecret (not (has $protocol (list "SSL" "SASL_SSL"))) }}
+{{- if and (or .Values.kafkaTls.existingSecret .Values.kafkaTls.caSecret) (not (has $protocol (list "SSL" "SASL_SSL"))) }}
 {{- fail "kafkaTls is set but config.kafka_security_protocol is neither SSL nor SASL_SSL" }}
 {{- end }}
 {{- if and .Values.keda.enabled (not (has $protocol (list "" "PLAINTEXT"))) (not .Values.keda.authenticationRef) }}
@@ -210,8 +210,22 @@ A list becomes the comma-separated form the relay reads.
 {{- if and .Values.webhooks.enabled (not (or .Values.secrets.webhookSecrets.existingSecret (has "RELAY_WEBHOOK_SECRETS" $extra) .Values.config.webhook_allow_unsigned (has "RELAY_WEBHOOK_ALLOW_UNSIGNED" $extra))) }}
 {{- fail "no webhook signing secret: set secrets.webhookSecrets.existingSecret, or config.webhook_allow_unsigned: true to deliver webhooks unsigned on purpose (the relay refuses to start otherwise)" }}
 {{- end }}
+{{- if and .Values.webhooks.enabled .Values.secrets.webhookSecrets.existingSecret .Values.secrets.webhookSecrets.optional (not (or .Values.config.webhook_allow_unsigned (has "RELAY_WEBHOOK_ALLOW_UNSIGNED" $extra))) }}
+{{- fail "secrets.webhookSecrets.optional: true starts the webhooks pods without RELAY_WEBHOOK_SECRETS when the Secret or its key is missing, and the relay then refuses to start (exit code 2, crash loop): set config.webhook_allow_unsigned: true too (deliver unsigned until the key exists), or optional: false (the pods wait for the key)" }}
+{{- end }}
 {{- if ne (empty .Values.kafkaTls.certKey) (empty .Values.kafkaTls.keyKey) }}
 {{- fail "kafkaTls.certKey and kafkaTls.keyKey go together (mutual TLS needs both)" }}
+{{- end }}
+{{- with .Values.kafkaTls }}
+{{- if and .certKey (not .existingSecret) }}
+{{- fail "kafkaTls.certKey and keyKey are read from kafkaTls.existingSecret: set it to the Secret with the client certificate" }}
+{{- end }}
+{{- if and .caSecret .existingSecret (not .certKey) }}
+{{- fail "kafkaTls.existingSecret with kafkaTls.caSecret is the client certificate's Secret: set kafkaTls.certKey and keyKey, or leave existingSecret empty" }}
+{{- end }}
+{{- if and .caSecret (has .caKey (list .certKey .keyKey)) }}
+{{- fail (printf "kafkaTls.caKey %q is also certKey or keyKey: the files share one folder, give them different names" .caKey) }}
+{{- end }}
 {{- end }}
 {{- if eq (toString .Values.config.redis_mode) "sentinel" }}
 {{- if not (and .Values.config.redis_sentinels .Values.config.redis_sentinel_master) }}

@@ -229,9 +229,11 @@ def _cmd_reconcile(args: argparse.Namespace) -> int:
 
 def _one_line(exc: BaseException, settings: RelaySettings) -> str:
     """An error as one line: its class when its text is empty, whitespace collapsed, and the
-    variable to check when it is a failure to reach MindVideo."""
+    variable to check when it is a failure to reach MindVideo (the client's ``RetryableError``
+    carries the aiohttp error as its cause: a DNS failure, a refused connection)."""
     text = " ".join(str(exc).split()) or type(exc).__name__
-    if isinstance(exc, aiohttp.ClientError | TimeoutError):
+    network = aiohttp.ClientError | TimeoutError
+    if isinstance(exc, network) or isinstance(exc.__cause__, network):
         text += f"; check RELAY_MINDVIDEO_BASE_URL ({settings.mindvideo_base_url})"
     return text[:500]
 

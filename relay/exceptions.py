@@ -90,12 +90,15 @@ class BudgetHeld(RelayError):
 
 
 class OperatorError(RelayError):
-    """Credentials or credit are unusable (401/402/403): not the request's fault."""
+    """Credentials or credit are unusable (401/402/403), or ``RELAY_MINDVIDEO_BASE_URL`` does not
+    point at MindVideo's API (``wrong_base_url``: a 404 or 405 on a route that must exist, a
+    redirect, an error page instead of MindVideo's JSON): not the request's fault."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, *, wrong_base_url: bool = False) -> None:
         super().__init__(f"MindVideo answered {status}: {message}")
         self.status = status
         self.message = message
+        self.wrong_base_url = wrong_base_url
 
 
 class StreamUnavailable(RetryableError):

@@ -372,7 +372,8 @@ class Relay:
             checks["kafka"] = kafka_problem
         checks["redis"] = await self._redis_problem()
         if "mindvideo" in checks:
-            checks["mindvideo"] = self.gate.reason
+            unreachable = self._client.reachability.problem() if self._client else None
+            checks["mindvideo"] = self.gate.reason or unreachable
         if self._webhooks is not None:
             checks["webhooks"] = self._webhooks.problem()
             if "kafka" not in checks:

@@ -6,8 +6,10 @@ with ``/api/v1`` already in it (every call 404s: the relay adds ``/api/v1``), an
 default URL (every delivery fails), an allow-list entry that looks like a network but is not one
 (it silently becomes a hostname that matches nothing), a per-partition in-flight bound above the
 process bound, a heartbeat no shorter than the session (the member is expelled between
-heartbeats), an empty or malformed topic name or key prefix, or a request topic that is also the
-results or dead-letter topic (the relay would consume its own output).
+heartbeats), an empty or malformed topic name or key prefix, a request topic that is also the
+results or dead-letter topic (the relay would consume its own output), or a ``RELAY_HTTP_TOKEN``
+that is set but blank (the status page and delivery lookups would silently be open) or has
+whitespace around it (no bearer header can carry it: they would be closed to everyone).
 """
 
 from __future__ import annotations
@@ -37,7 +39,28 @@ def workable_problems(s: RelaySettings) -> list[str]:
         *_allowed_hosts(s.webhook_allowed_hosts),
         *_kafka_names(s),
         *_bounds(s),
+        *_http_token(s),
     ]
+
+
+def _http_token(s: RelaySettings) -> list[str]:
+    """Unset means no token (open by choice); set, it must be a token a client can send."""
+    if s.http_token is None:
+        return []
+    token = s.http_token.get_secret_value()
+    make = "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+    if not token.strip():
+        return [
+            "RELAY_HTTP_TOKEN is set but blank, which would leave the status page and "
+            f"/webhooks/deliveries open: set a token (make one: {make}) or unset the variable "
+            "to serve them without one"
+        ]
+    if token != token.strip():
+        return [
+            "RELAY_HTTP_TOKEN starts or ends with whitespace (a newline from the file its Secret "
+            "was made from?): no Authorization header can carry it; remove the whitespace"
+        ]
+    return []
 
 
 def _mindvideo_url(url: str) -> list[str]:

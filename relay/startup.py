@@ -51,6 +51,15 @@ def redis_address(settings: RelaySettings) -> str:
     return f"{parts.hostname or '127.0.0.1'}:{port}" if parts.scheme else settings.redis_url
 
 
+def redis_described(settings: RelaySettings) -> str:
+    """Which Redis the settings lead to, for an operator reading a command's output: the URL with
+    its userinfo masked, or the sentinels and master name in sentinel mode."""
+    if settings.redis_mode == "sentinel":
+        sentinels = ",".join(settings.redis_sentinels)
+        return f"sentinel master {settings.redis_sentinel_master} via {sentinels}"
+    return redact_url(settings.redis_url)
+
+
 def describe_start_failure(exc: BaseException, settings: RelaySettings) -> StartupError:
     """The one-line ``StartupError`` for an exception that stopped a command from starting."""
     if isinstance(exc, StartupError):

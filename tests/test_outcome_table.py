@@ -42,6 +42,10 @@ NEEDS_SERVICES = {
     "MindVideo answers a final 4xx": (
         "tests/pipeline/test_hostile_records.py::test_hostile_corpus_on_one_partition"
     ),
+    "the submit is answered by something that is not MindVideo's API": (
+        "tests/pipeline/test_wrong_base_url.py::"
+        "test_a_static_site_at_the_base_url_closes_the_gate_until_the_probe_finds_mindvideo"
+    ),
     "MindVideo stops knowing a task": (
         "tests/pipeline/test_lifecycle_outcomes.py::"
         "test_a_task_mindvideo_forgets_ends_in_one_result_and_its_partition_moves_on"

@@ -7,6 +7,9 @@ from __future__ import annotations
 import base64
 import logging
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from pydantic import SecretStr
@@ -77,6 +80,16 @@ MISTAKES = {
         {"RELAY_WEBHOOK_SECRETS": ""},
         "RELAY_WEBHOOK_SECRETS is empty, so webhooks would go out unsigned: set a whsec_ secret "
         "of at least 24 bytes, or RELAY_WEBHOOK_ALLOW_UNSIGNED=true",
+    ),
+    "blank-http-token": (
+        {"RELAY_HTTP_TOKEN": ""},
+        "RELAY_HTTP_TOKEN is set but blank, which would leave the status page and "
+        "/webhooks/deliveries open",
+    ),
+    "whitespace-http-token": ({"RELAY_HTTP_TOKEN": "  \t"}, "RELAY_HTTP_TOKEN is set but blank"),
+    "http-token-with-a-newline": (
+        {"RELAY_HTTP_TOKEN": "s3cret-token\n"},
+        "RELAY_HTTP_TOKEN starts or ends with whitespace",
     ),
     "lease-shorter-than-timeout": (
         {"RELAY_WEBHOOK_LEASE_S": "5", "RELAY_WEBHOOK_TIMEOUT_S": "10"},
@@ -198,3 +211,23 @@ def test_log_lines_never_show_url_userinfo(formatter: logging.Formatter) -> None
     assert "hunter2" not in line
     assert "user:pass" not in line
     assert "redis://***@h:6379/0" in line
+
+
+def test_a_blank_http_token_stops_the_process_before_it_serves_anything(tmp_path: Path) -> None:
+    """As the attack-b operator did it: ``RELAY_HTTP_TOKEN=`` in a real ``relay run`` was taken as
+    no token, the status page open. Now it exits 2 with one line, before any connection."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
+    env.update(VALID, RELAY_HTTP_TOKEN="", RELAY_KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:1")
+    done = subprocess.run(
+        [sys.executable, "-m", "relay", "run"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert "RELAY_HTTP_TOKEN is set but blank" in lines[0]

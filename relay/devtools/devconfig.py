@@ -31,8 +31,8 @@ DEFAULT_REDIS_PORT = 6390
 DEFAULT_SIM_PORT = 8090
 DEFAULT_HTTP_PORT = 8080
 LOOPBACK_NAMES = frozenset({LOCALHOST, "localhost"})
-# What the other commands need to reach the dev stack (relay submit, relay webhooks replay, a
-# producer or consumer of your own), in the order the export block prints them.
+# What the other commands need to reach the dev stack (relay submit, relay webhooks replay,
+# relay reconcile, a producer or consumer of your own), in the order the export block prints them.
 EXPORTED_SETTINGS = (
     "kafka_bootstrap_servers",
     "kafka_enable_idempotence",
@@ -42,6 +42,8 @@ EXPORTED_SETTINGS = (
     "webhook_dead_letter_topic",
     "redis_url",
     "redis_key_prefix",
+    "mindvideo_base_url",
+    "mindvideo_api_key",
     "webhook_secrets",
 )
 
@@ -176,7 +178,9 @@ def export_block(dev: DevSettings) -> str:
     """``export`` lines for a shell: what other commands need to reach this dev stack.
 
     The webhook secret is printed when relay dev made it (a throwaway, and the user's own
-    receiver needs it to verify); a secret the user exported is theirs and is not echoed.
+    receiver needs it to verify); a secret the user exported is theirs and is not echoed. The
+    MindVideo key is always the simulator's throwaway ``DEV_API_KEY`` (relay dev refuses any
+    other), printed so that ``relay reconcile`` reaches the simulator.
     """
     s = dev.settings
     lines = []
@@ -187,6 +191,8 @@ def export_block(dev: DevSettings) -> str:
                 lines.append(f"# {variable}: yours, from the environment")
                 continue
             value = ",".join(secret.get_secret_value() for secret in s.webhook_secrets)
+        elif name == "mindvideo_api_key":
+            value = s.mindvideo_api_key.get_secret_value()
         else:
             raw = getattr(s, name)
             value = str(raw).lower() if isinstance(raw, bool) else str(raw)

@@ -1,4 +1,5 @@
-"""The credentials gate: closed while MindVideo refuses the operator's key or credit.
+"""The credentials gate: closed while MindVideo refuses the operator's key or credit, or while
+``RELAY_MINDVIDEO_BASE_URL`` points at something that is not MindVideo's API.
 
 While closed, no request is submitted or followed (and none is rejected): work waits, the consumer
 stops fetching, ``/readyz`` says why, and a probe reopens the gate once the key works again.
@@ -28,7 +29,9 @@ class CredentialGate:
     def close(self, error: OperatorError) -> None:
         if self._open.is_set():
             log.error(
-                "MindVideo refused the operator's credentials; pausing all work",
+                "MindVideo's API is not where RELAY_MINDVIDEO_BASE_URL points; pausing all work"
+                if error.wrong_base_url
+                else "MindVideo refused the operator's credentials; pausing all work",
                 extra={"status": error.status, "reason": error.message[:200]},
             )
         self.reason = f"MindVideo answered {error.status}: {error.message[:200]}"

@@ -4,11 +4,14 @@ Transient failures (timeouts, connection errors, 5xx, 408, 429 and a 409 that is
 conflict) are retried up to ``max_attempts`` tries per call by the relay's one ``RetryPolicy``
 (capped, jittered exponential backoff, ``Retry-After`` honoured, counted); then the caller (the
 request lifecycle) holds the request and tries again. The ``Idempotency-Key`` header makes a
-retried submit safe. 401/402/403 raise ``OperatorError``; so does a 404 on a route that must
-exist (a submit answered 404 with any code but ``model_not_found``, a probe answered 404 with any
-code but ``task_not_found``): the relay was pointed at the wrong place (``RELAY_MINDVIDEO_BASE_URL``
-with a wrong path), which is the operator's to fix, not a reason to reject every request. Any
-other 4xx raises ``RequestRejected`` carrying MindVideo's own code and message.
+retried submit safe. 401/402/403 raise ``OperatorError``.
+
+What a non-2xx answer means (the key refused, a wrong ``RELAY_MINDVIDEO_BASE_URL``, the request
+rejected, a retry) is ``relay.pipeline.mindvideo_errors``. Redirects are not followed on the submit
+and probe routes, whose answers also check the base URL.
+
+Every answer, and every failure to connect, is reported to ``reachability``
+(``relay.pipeline.reachability``): a MindVideo no call can reach shows on ``/readyz``.
 
 A submit MindVideo answers as a replay (``Idempotent-Replayed: true``) of a task created before the
 call (not by an earlier try of the same call) is marked on its snapshot (``idempotent_replayed``).
@@ -29,42 +32,28 @@ from relay.backoff import Backoff, parse_retry_after
 from relay.exceptions import OperatorError, RequestRejected, RetryableError, StreamUnavailable
 from relay.metrics import RelayMetrics
 from relay.models import SubmitBody, TaskSnapshot
+from relay.pipeline.mindvideo_errors import (
+    MAX_HEADER_CHARS,
+    OPERATOR_STATUSES,
+    ROUTE_CHECKS,
+    Answer,
+    error_for,
+)
+from relay.pipeline.reachability import Reachability
 from relay.pipeline.sse import ServerSentEvent, SSEParser
 from relay.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
 
-OPERATOR_STATUSES = frozenset({401, 402, 403})
-RETRYABLE_4XX = frozenset({408, 409, 425, 429})
-# A 404 that is about the request (an unknown model) or, for the probe, the expected answer; any
-# other 404 on these operations means the route itself is missing: a wrong base URL.
-EXPECTED_404_CODES = {"submit": "model_not_found", "probe": "task_not_found"}
 REPLAYED_HEADER = "Idempotent-Replayed"
+# Failures to connect: nothing reached MindVideo. A connect timeout is one too.
+CONNECT_ERRORS = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
 T = TypeVar("T")
 Sleep = Callable[[float], Awaitable[None]]
 
 
 def _code_class(status: int) -> str:
     return f"{status // 100}xx"
-
-
-def _error_fields(body: bytes, status: int) -> tuple[str, str]:
-    """MindVideo's error code and message from a JSON error body, liberal in shape."""
-    code, message = f"mindvideo_http_{status}", body[:500].decode("utf-8", "replace")
-    try:
-        data = json.loads(body)
-    except ValueError:
-        return code, message
-    if isinstance(data, dict):
-        err = data.get("error", data)
-        if isinstance(err, dict):
-            code = str(err.get("code") or err.get("type") or code)
-            message = str(err.get("message") or err.get("detail") or message)
-        elif isinstance(err, str):
-            message = err
-            if isinstance(data.get("message"), str):
-                message = f"{err}: {data['message']}"
-    return code, message
 
 
 class MindVideoClient:
@@ -100,6 +89,7 @@ class MindVideoClient:
             sleep=sleep,
         )
         self._timeout = aiohttp.ClientTimeout(total=request_timeout_s)
+        self.reachability = Reachability(base_url)
 
     async def submit(
         self, idempotency_key: str, model: str, payload: dict[str, Any]
@@ -163,6 +153,7 @@ class MindVideoClient:
         url = f"{self._base}/tasks/{task_id}/events"
         try:
             async with self._stream_session.get(url, headers=headers, timeout=timeout) as resp:
+                self.reachability.answered()
                 self._metrics.mindvideo_responses.labels("events", _code_class(resp.status)).inc()
                 if resp.status in OPERATOR_STATUSES:
                     raise OperatorError(
@@ -176,6 +167,8 @@ class MindVideoClient:
                     for event in parser.feed(chunk):
                         yield event
         except (aiohttp.ClientError, TimeoutError) as exc:
+            if isinstance(exc, CONNECT_ERRORS):
+                self.reachability.failed(exc)
             self._metrics.mindvideo_responses.labels("events", "error").inc()
             raise StreamUnavailable(f"event stream broke: {exc!r}") from exc
 
@@ -192,7 +185,9 @@ class MindVideoClient:
                     exc.maybe_sent = sent
                     raise
                 self._metrics.mindvideo_retries.labels(operation).inc()
-                log.info(
+                # Connection failures are counted and logged by ``reachability``, not per try.
+                log.log(
+                    logging.DEBUG if exc.reason == "connect" else logging.INFO,
                     "mindvideo %s failed, retrying",
                     operation,
                     extra={"attempt": attempt, "reason": str(exc)},
@@ -220,16 +215,25 @@ class MindVideoClient:
         body: bytes | None = None,
     ) -> tuple[Any, bool]:
         """One request: the JSON answer and whether MindVideo says it replayed an earlier one."""
+        checks_route = operation in ROUTE_CHECKS
         try:
             async with self._session.request(
-                method, url, headers=headers, data=body, timeout=self._timeout
+                method,
+                url,
+                headers=headers,
+                data=body,
+                timeout=self._timeout,
+                allow_redirects=not checks_route,
             ) as resp:
                 raw = await resp.read()
                 status = resp.status
                 retry_after = parse_retry_after(resp.headers.get("Retry-After"))
                 replayed = resp.headers.get(REPLAYED_HEADER, "").strip().lower() == "true"
-        except aiohttp.ClientConnectorError as exc:
+                location = resp.headers.get("Location", "-")[:MAX_HEADER_CHARS]
+                ctype = resp.headers.get("Content-Type", "-")[:MAX_HEADER_CHARS]
+        except CONNECT_ERRORS as exc:
             # No connection was made: the request cannot have had any effect.
+            self.reachability.failed(exc)
             self._metrics.mindvideo_responses.labels(operation, "error").inc()
             raise RetryableError(
                 f"{method} {url}: {exc!r}", reason="connect", maybe_sent=False
@@ -237,6 +241,7 @@ class MindVideoClient:
         except (aiohttp.ClientError, TimeoutError) as exc:
             self._metrics.mindvideo_responses.labels(operation, "error").inc()
             raise RetryableError(f"{method} {url}: {exc!r}", reason="network") from exc
+        self.reachability.answered()
         self._metrics.mindvideo_responses.labels(operation, _code_class(status)).inc()
         if 200 <= status < 300:
             try:
@@ -245,26 +250,7 @@ class MindVideoClient:
                 raise RetryableError(
                     f"{operation}: MindVideo answered non-JSON {status}", reason="bad_response"
                 ) from exc
-        code, message = _error_fields(raw, status)
-        if status in OPERATOR_STATUSES:
-            raise OperatorError(status, message)
-        if status == 404 and code != EXPECTED_404_CODES.get(operation, code):
-            raise OperatorError(
-                status,
-                "wrong RELAY_MINDVIDEO_BASE_URL? it must be the origin only (the relay adds"
-                f" /api/v1): {method} {url} is not a MindVideo route ({code})",
-            )
-        if status == 409 and code == "idempotency_conflict":
-            raise RequestRejected("idempotency_conflict", message)
-        if status >= 500 or status in RETRYABLE_4XX:
-            reason = "http_5xx" if status >= 500 else "http_429" if status == 429 else "http_4xx"
-            raise RetryableError(
-                f"{operation}: {status} {code}",
-                retry_after_s=retry_after,
-                reason=reason,
-                maybe_sent=status != 429,  # a 429 is refused before anything happens
-            )
-        raise RequestRejected(code, message)
+        raise error_for(Answer(operation, method, url, status, raw, retry_after, location, ctype))
 
 
 def _snapshot(data: Any) -> TaskSnapshot:

@@ -24,7 +24,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 
-from relay.exceptions import BudgetHeld, OperatorError, RequestRejected
+from relay.exceptions import BudgetHeld, OperatorError, RequestRejected, RetryableError
 from relay.pipeline.consumer import SourceRecord
 from relay.pipeline.gate import CredentialGate
 from relay.pipeline.handover import Handover
@@ -132,7 +132,14 @@ class RequestProcessor:
         match outcome.action:
             case Action.RETRY:
                 work.outages += 1
-                log.warning("dependency unavailable, holding the request", extra=context)
+                # MindVideo unreachable: said once per 30 s by its client's reachability, with a
+                # count, rather than once per request held.
+                unreachable = isinstance(exc, RetryableError) and exc.reason == "connect"
+                log.log(
+                    logging.DEBUG if unreachable else logging.WARNING,
+                    "dependency unavailable, holding the request",
+                    extra=context,
+                )
                 deadline_s = self._deadline_s(stage, work)
                 if deadline_s is None:
                     await self._retry.pause(work.outages, exc)

@@ -26,6 +26,7 @@ from relay.models import WebhookDeadLetter
 from relay.origins import origin_of
 from relay.redis import pipeline, redis_client
 from relay.settings import RelaySettings
+from relay.startup import redis_described
 from relay.webhooks.deliveries import DeliveryStore, store_from_settings, text_of
 from relay.webhooks.history import (
     AttemptRecord,
@@ -252,14 +253,19 @@ async def lookup_cli(
     redis = redis_client(settings)
     try:
         store = store_from_settings(redis, settings)
-        return await lookup_key(settings, store, key, dead_letters=dead_letters)
+        doc = await lookup_key(settings, store, key, dead_letters=dead_letters)
     finally:
         await redis.aclose()
+    # Which Redis was read: an empty answer from the wrong one must not look like "nothing sent".
+    doc["redis"] = {"address": redis_described(settings), "prefix": settings.redis_key_prefix}
+    return doc
 
 
 def format_text(doc: dict[str, Any]) -> str:
     """The lookup document as the CLI prints it: one line per attempt."""
-    lines = [f"key {doc['key']}: {len(doc['deliveries'])} deliveries in Redis"]
+    where = doc.get("redis")
+    at = f" at {where['address']} (prefix {where['prefix']})" if where else ""
+    lines = [f"key {doc['key']}: {len(doc['deliveries'])} deliveries in Redis{at}"]
     for d in doc["deliveries"]:
         due = f", next attempt {d['next_due_at']}" if d.get("next_due_at") else ""
         target = f" -> {d['origin']}" if d.get("origin") else ""

@@ -144,6 +144,14 @@ async def test_dev_honours_exports_prints_them_and_restarts_at_once(tmp_path: Pa
         code, out, err = await _command(reach, "webhooks", "replay", "--all")
         assert code == 0, err
         assert f"into Redis at 127.0.0.1:{ports['redis']}" in out
+        code, out, err = await _command(
+            reach, "webhooks", "status", "--key", result["idempotency_key"], "--no-dead-letters"
+        )
+        assert code == 0, err
+        assert f"in Redis at redis://127.0.0.1:{ports['redis']}/0 (prefix mvrelay)" in out
+        assert exports["RELAY_MINDVIDEO_API_KEY"] == "mv_test_local", "the simulator's, throwaway"
+        code, out, err = await _command(reach, "reconcile", "--since", "1h")
+        assert code == 0, out + err  # MindVideo (the simulator) and the relay agree
 
         await _ctrl_c(dev)
         leftovers = _processes_mentioning(str(ports["kafka"])) + _processes_mentioning(

@@ -62,6 +62,8 @@ def test_defaults_withoutparse_exports(monkeypatch: pytest.MonkeyPatch) -> None:
         "RELAY_WEBHOOK_DEAD_LETTER_TOPIC": "mindvideo.webhooks.dlq",
         "RELAY_REDIS_URL": "redis://127.0.0.1:6390/0",
         "RELAY_REDIS_KEY_PREFIX": "mvrelay",
+        "RELAY_MINDVIDEO_BASE_URL": "http://127.0.0.1:8090",
+        "RELAY_MINDVIDEO_API_KEY": "mv_test_local",  # the simulator's throwaway key
         "RELAY_WEBHOOK_SECRETS": secret,
     }
     assert len(base64.b64decode(secret.removeprefix("whsec_"))) >= 24

@@ -3,6 +3,8 @@ endpoint rows list configured origins first and a bounded, ordered list of other
 
 from __future__ import annotations
 
+from typing import Any
+
 from relay.origins import OriginLabels
 from relay.webhooks.breaker import BreakerConfig, CircuitBreaker
 from relay.webhooks.health import TOP_OTHER_ORIGINS, endpoint_rows
@@ -69,7 +71,7 @@ def test_endpoint_rows_list_configured_origins_then_the_busiest_others() -> None
 
 
 def test_lookup_text_names_each_attempt() -> None:
-    doc = {
+    doc: dict[str, Any] = {
         "key": "order-1",
         "deliveries": [
             {
@@ -92,6 +94,12 @@ def test_lookup_text_names_each_attempt() -> None:
         ],
     }
     text = format_text(doc)
+    assert text.startswith("key order-1: 1 deliveries in Redis\n")
+    doc["redis"] = {"address": "redis://***@redis.internal:6379/2", "prefix": "prod"}
+    text = format_text(doc)
+    assert text.startswith(
+        "key order-1: 1 deliveries in Redis at redis://***@redis.internal:6379/2 (prefix prod)\n"
+    ), "which Redis was read: an empty answer from the wrong one is not 'nothing sent'"
     assert "0123abcd task.succeeded -> https://a.example: pending, 1 attempts" in text
     assert "next attempt 2026-11-30T12:00:05.000+00:00" in text
     assert "503 (HTTP 503)  40 ms" in text

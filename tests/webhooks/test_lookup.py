@@ -110,6 +110,10 @@ async def test_every_attempt_of_a_key_can_be_looked_up(
         assert "refused after 1 attempts" in out
         code, out = await _status_cli(pipeline, env, "--key", f"nothing-{unique[:8]}")
         assert code == 1, "no delivery known for the key"
+        assert out.startswith(
+            f"key nothing-{unique[:8]}: 0 deliveries in Redis at {pipeline.redis_url} "
+            f"(prefix {pipeline.redis_prefix})\n"
+        ), "which Redis was read, so an empty answer from the wrong one does not mislead"
 
         for _ in range(100):  # pending counts per origin are read every few seconds
             _, page = await _get(port, "/status.json")

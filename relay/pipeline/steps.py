@@ -36,6 +36,7 @@ from relay.pipeline.decode import DeadLetter, Rejected, decode_request
 from relay.pipeline.follower import TaskFollower
 from relay.pipeline.handover import Handover
 from relay.pipeline.idempotency import (
+    FP_TOMBSTONE_CHARS,
     IdempotencyRecord,
     IdempotencyStore,
     KeyState,
@@ -173,6 +174,7 @@ class RequestSteps:
     async def claim(self, work: Work) -> Stage:
         key, rec = _require(work.key), _require(work.request)
         fingerprint = payload_fingerprint(rec.model, rec.input)
+        work.fingerprint = fingerprint
         claim = await self._store.claim(
             key,
             fingerprint,
@@ -185,14 +187,18 @@ class RequestSteps:
             # One idempotency_conflict result per key within the retention, whatever the
             # conflicting payloads: more would let anyone flood the results topic (and its
             # webhooks) under another producer's key. Later conflicts are dead-lettered.
+            # Taking the right to publish it is atomic in Redis (a lease, like the publish of a
+            # task's result): two processes with conflicting records at once publish one.
             marker = CONFLICT_MARKER
-            if await self._store.seen(key, marker):
+            token = work.publish_token or secrets.token_hex(8)
+            work.publish_token = token
+            if await self._store.take_once(key, marker, token, PUBLISH_LEASE_S) != "won":
                 work.raw = rec.model_dump_json(exclude_none=True).encode()
                 await self._dead_letter(
                     work,
                     CONFLICT_REASON,
                     "this idempotency key was already used with a different model or input; "
-                    "its idempotency_conflict result was published for an earlier record",
+                    "its idempotency_conflict result is published for another record",
                     extra=[("original.value", "re-encoded")],
                 )
                 self._outcomes.dedupe("rejected")
@@ -203,6 +209,7 @@ class RequestSteps:
                 "this idempotency key was already used with a different model or input",
                 model=rec.model,
                 metadata=rec.metadata,
+                variant=f"{CONFLICT_MARKER}:{fingerprint[:FP_TOMBSTONE_CHARS]}",
             )
             work.marker = marker
             return Stage.PUBLISH
@@ -402,9 +409,9 @@ class RequestSteps:
         if work.marker is not None:
             await self._store.first_time(key, work.marker)
         if work.mark == KeyState.PUBLISHED:
-            await self._store.mark_published(key, result)
+            await self._store.mark_published(key, result, work.fingerprint)
         elif work.mark == KeyState.REJECTED:
-            await self._store.mark_rejected(key, result)
+            await self._store.mark_rejected(key, result, work.fingerprint)
         return Stage.DONE
 
     async def dead_letter_internal(self, work: Work, exc: BaseException) -> None:
@@ -439,7 +446,12 @@ class RequestSteps:
         key, rec, decided = _require(work.key), _require(work.request), _require(work.decided)
         if work.mark == KeyState.REJECTED:
             return rejection(
-                key, decided.code, decided.message, model=rec.model, metadata=rec.metadata
+                key,
+                decided.code,
+                decided.message,
+                model=rec.model,
+                metadata=rec.metadata,
+                variant=_require(work.fingerprint)[:FP_TOMBSTONE_CHARS],
             )
         return failed_result(key, rec, _require(work.known), decided.code, decided.message)
 

@@ -223,7 +223,10 @@ class RequestSteps:
             return Stage.DONE
         if known.state == KeyState.TERMINAL and known.result is not None:
             self._outcomes.dedupe("terminal")
-            work.result, work.mark = known.result, KeyState.PUBLISHED
+            # A stored rejection stays one: its tombstone frees the key for a corrected request.
+            rejected = known.result.type == "request.rejected"
+            work.result = known.result
+            work.mark = KeyState.REJECTED if rejected else KeyState.PUBLISHED
             return Stage.PUBLISH
         if known.state == KeyState.SUBMITTED and known.task_id is not None:
             self._outcomes.dedupe("resumed")
@@ -366,12 +369,15 @@ class RequestSteps:
         return Stage.PUBLISH
 
     async def publish(self, work: Work) -> Stage:
-        """Publish the result; a task's result only by the process that wins the key's publish
-        compare-and-set (``IdempotencyStore.take_publish``), as stored in Redis."""
+        """Publish the result; a claimed request's result (a task's, or MindVideo's rejection)
+        only by the process that wins the key's publish compare-and-set
+        (``IdempotencyStore.take_publish``), as stored in Redis: two relays with the same key
+        and payload on two partitions publish one result."""
         if work.result is None:
             work.result = self._decided_result(work)
-        if work.mark == KeyState.PUBLISHED:
+        if work.mark in (KeyState.PUBLISHED, KeyState.REJECTED):
             body = work.body if work.body is not None else work.result.to_json_bytes()
+            work.body = body
             key = _require(work.key)
             token = work.publish_token or secrets.token_hex(8)
             work.publish_token = token

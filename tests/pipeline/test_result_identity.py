@@ -162,3 +162,49 @@ async def test_a_conflict_winner_that_dies_leaves_the_result_to_the_next_record(
     await next_one.processor.process(source(key, request(key, input={"prompt": "d"})))
     assert len(_rejections(next_one)) == 1
     assert [d.reason for d in next_one.publisher.dead_letters] == ["idempotency_conflict"]
+
+
+async def test_the_same_rejected_request_on_two_relays_at_once_is_published_once(
+    redis_client: aioredis.Redis, unique: str
+) -> None:
+    store = IdempotencyStore(redis_client, prefix=unique, retention_s=600)
+    relays = [_on(store) for _ in range(3)]
+    key = f"order-{unique[:8]}"
+    late = request(key, expires_at=EXPIRED)  # the same key and payload on three partitions
+    await asyncio.gather(
+        *(h.processor.process(source(key, late, offset=i)) for i, h in enumerate(relays))
+    )
+    results = [r for h in relays for r in _rejections(h)]
+    assert [r.error.code if r.error else None for r in results] == ["expired"]
+    record = await store.get(key)
+    assert record is not None
+    assert record.state == KeyState.REJECTED
+    corrected = request(key, input={"prompt": "corrected"})
+    await relays[0].processor.process(source(key, corrected))
+    assert relays[0].publisher.results[-1][0].type == "task.succeeded", "the key is free again"
+
+
+async def test_a_rejection_whose_publisher_died_is_published_later_and_frees_the_key(
+    redis_client: aioredis.Redis, unique: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(steps, "PUBLISH_LEASE_S", 1)
+    store = IdempotencyStore(redis_client, prefix=unique, retention_s=600)
+    dying, successor = _on(store), _on(store)
+    key = f"order-{unique[:8]}"
+    late = request(key, expires_at=EXPIRED)
+
+    async def die_at_publish() -> None:
+        raise asyncio.CancelledError  # gone after storing the rejection and taking its publish
+
+    dying.publisher.before = die_at_publish
+    with pytest.raises(asyncio.CancelledError):
+        await dying.processor.process(source(key, late))
+    await successor.processor.process(source(key, late))  # read again: waits out the lease
+    [refused] = _rejections(successor)
+    assert refused.error is not None
+    assert refused.error.code == "expired"
+    record = await store.get(key)
+    assert record is not None
+    assert record.state == KeyState.REJECTED, "still a rejection: a corrected request may reuse"
+    await successor.processor.process(source(key, request(key, input={"prompt": "corrected"})))
+    assert successor.publisher.results[-1][0].type == "task.succeeded"

@@ -103,14 +103,15 @@ return {'won', stored}
 
 # Taking the right to publish a once-per-key result decided without a claim of its own (the
 # key's idempotency_conflict): 'done' when its marker ARGV[2] is set (published), 'busy' while
-# another holder's lease (field ARGV[2] .. ':lease' = "<until, unix ms> <token>") runs, else
+# another holder's lease (field 'lease:' .. ARGV[2] = "<until, unix ms> <token>", left out of the
+# tombstone) runs, else
 # 'won' with the lease taken for ARGV[4] seconds; a holder that dies before publishing leaves
 # the lease to run out, and the next record publishes. ARGV: retention, marker, token, lease s.
 TAKE_ONCE_LUA = """
 if redis.call('HEXISTS', KEYS[1], ARGV[2]) == 1 then return 'done' end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local field = ARGV[2] .. ':lease'
+local field = 'lease:' .. ARGV[2]
 local lease = redis.call('HGET', KEYS[1], field)
 if lease then
   local until_ms, holder = string.match(lease, '^(%d+) (.*)$')

@@ -152,7 +152,7 @@ class FakeStore(IdempotencyStore):
         fields = self.hashes.setdefault(idempotency_key, {})
         if f"seen:{marker}" in fields:
             return "done"
-        return "won" if fields.setdefault(f"seen:{marker}:lease", token) == token else "busy"
+        return "won" if fields.setdefault(f"lease:seen:{marker}", token) == token else "busy"
 
     async def seen(self, idempotency_key: str, marker: str) -> bool:
         return f"seen:{marker}" in self.hashes.get(idempotency_key, {})

@@ -208,3 +208,19 @@ async def test_a_rejection_whose_publisher_died_is_published_later_and_frees_the
     assert record.state == KeyState.REJECTED, "still a rejection: a corrected request may reuse"
     await successor.processor.process(source(key, request(key, input={"prompt": "corrected"})))
     assert successor.publisher.results[-1][0].type == "task.succeeded"
+
+
+async def test_the_conflict_lease_is_left_out_of_the_tombstone(
+    redis_client: aioredis.Redis, unique: str
+) -> None:
+    store = IdempotencyStore(redis_client, prefix=unique, retention_s=600)
+    h = _on(store)
+    key = f"order-{unique[:8]}"
+    owned = request(key)
+    assert (await store.claim(key, payload_fingerprint(MODEL, owned["input"]), MODEL, "t")).outcome
+    await h.processor.process(source(key, request(key, input={"prompt": "conflicting"})))
+    await h.processor.process(source(key, owned))  # the owner's request ends: a tombstone
+    raw = await redis_client.hgetall(store.key(key))
+    fields = [name.encode() if isinstance(name, str) else name for name in raw]
+    assert b"seen:conflict" in fields, "the conflict stays published once"
+    assert not [f for f in fields if f.startswith(b"lease:")], "no lease kept for a week"

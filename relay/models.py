@@ -66,9 +66,17 @@ def format_ts(moment: datetime) -> str:
     )
 
 
-def event_id_for(idempotency_key: str, result_type: str) -> str:
-    """Stable per key and type, so replays and webhook retries carry the same id."""
-    digest = hashlib.sha256(f"{idempotency_key}\x00{result_type}".encode()).hexdigest()
+def event_id_for(idempotency_key: str, result_type: str, variant: str = "") -> str:
+    """Stable per key, type and ``variant``, so replays and webhook retries carry the same id.
+
+    A key has one ``task.*`` result (no variant), but may have several different
+    ``request.rejected`` ones (a corrected request may reuse a rejected key): each is told apart
+    by its variant (``rejection``), so receivers deduplicating by webhook-id or ``event_id``
+    never drop one result as a copy of another."""
+    name = f"{idempotency_key}\x00{result_type}"
+    if variant:
+        name += f"\x00{variant}"
+    digest = hashlib.sha256(name.encode(errors="surrogatepass")).hexdigest()  # hostile text
     return f"evt_{digest[:32]}"
 
 
@@ -255,8 +263,14 @@ def rejection(
     metadata: dict[str, Any] | None = None,
     request_id: str | None = None,
     max_metadata_bytes: int | None = None,
+    variant: str | None = None,
 ) -> ResultRecord:
     """A ``request.rejected`` result: the relay refused the request and nothing was charged.
+
+    Its ``event_id`` is unique per distinct rejection of the key: ``variant`` names it (the
+    payload's short fingerprint for a rejection of a claimed request, ``conflict`` for the
+    key's idempotency_conflict), by default the code and message (a rejection decided from the
+    record alone, published once per key and reason).
 
     What a rejection echoes is bounded, because it may come from a record the relay refused for
     its size: ``model``, ``code`` and ``message`` are cut to ``MAX_MODEL_CHARS``,
@@ -264,7 +278,11 @@ def rejection(
     when it encodes as JSON within ``max_metadata_bytes`` (when given), else left out.
     """
     return ResultRecord(
-        event_id=event_id_for(idempotency_key, "request.rejected"),
+        event_id=event_id_for(
+            idempotency_key,
+            "request.rejected",
+            f"{code}\x00{message}" if variant is None else variant,
+        ),
         type="request.rejected",
         idempotency_key=idempotency_key,
         model=None if model is None else bounded_text(model, MAX_MODEL_CHARS),

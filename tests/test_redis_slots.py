@@ -116,6 +116,7 @@ async def _exercise_every_store(redis: RedisClient, prefix: str) -> None:
             key, task_id=f"task_{i}", request_id=None, cost_estimate=0.01, submitted_at="now"
         )
         assert await idem.first_time(key, "rejected:x")
+        assert await idem.take_once(key, "conflict", "t", 60) == "won"
         result = rejection(key, "invalid_input", "x")
         assert (await idem.take_publish(key, result.to_json_bytes(), "t", 60)).outcome == "won"
         await idem.mark_published(key, result)

@@ -85,12 +85,18 @@ class IdempotencyRecord:
     owner_webhook_url: str | None = None  # the first claim's ``webhook_url``, "" for none
     result_type: str | None = None  # of a tombstone: the published result's ``type``
     published_at: str | None = None  # of a tombstone: when the result was published
+    short_fp: str | None = None  # of a tombstone: the payload's short fingerprint
 
     def event_id(self, idempotency_key: str) -> str | None:
-        """The published result's ``event_id`` (derived: stable per key and type)."""
+        """The published result's ``event_id`` (derived: stable per key and type, and for a
+        rejection per payload: ``relay.models.rejection``)."""
         if self.result is not None:
             return self.result.event_id
-        return event_id_for(idempotency_key, self.result_type) if self.result_type else None
+        if self.result_type is None:
+            return None
+        if self.result_type == "request.rejected":
+            return event_id_for(idempotency_key, self.result_type, self.short_fp or "")
+        return event_id_for(idempotency_key, self.result_type)
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +135,7 @@ class IdempotencyStore:
         self._mark_once = redis.register_script(scripts.MARK_ONCE_LUA)
         self._tombstone_script = redis.register_script(scripts.TOMBSTONE_LUA)
         self._take_publish = redis.register_script(scripts.TAKE_PUBLISH_LUA)
+        self._take_once = redis.register_script(scripts.TAKE_ONCE_LUA)
         self._wall_clock = wall_clock
         self._batcher = RedisBatcher(redis)
         self._event_ids: dict[str, str] = {}
@@ -222,16 +229,29 @@ class IdempotencyStore:
             return PublishTurn("won", _text(reply[1]).encode() if len(reply) > 1 else result_json)
         return PublishTurn("busy" if outcome == "busy" else "done")
 
-    async def mark_published(self, idempotency_key: str, result: ResultRecord) -> None:
-        """The result is on the results topic: the record shrinks to its tombstone."""
-        await self._tombstone(idempotency_key, KeyState.PUBLISHED, result)
+    async def mark_published(
+        self, idempotency_key: str, result: ResultRecord, fingerprint: str | None = None
+    ) -> None:
+        """The result is on the results topic: the record shrinks to its tombstone.
 
-    async def mark_rejected(self, idempotency_key: str, result: ResultRecord) -> None:
+        ``fingerprint``: the request's payload fingerprint, written into the tombstone even when
+        the record is gone (Redis restarted empty between the publish and this mark)."""
+        await self._tombstone(idempotency_key, KeyState.PUBLISHED, result, fingerprint)
+
+    async def mark_rejected(
+        self, idempotency_key: str, result: ResultRecord, fingerprint: str | None = None
+    ) -> None:
         """MindVideo refused the request and the rejection is published: a tombstone too (a
         corrected payload may claim the key again)."""
-        await self._tombstone(idempotency_key, KeyState.REJECTED, result)
+        await self._tombstone(idempotency_key, KeyState.REJECTED, result, fingerprint)
 
-    async def _tombstone(self, idempotency_key: str, state: KeyState, result: ResultRecord) -> None:
+    async def _tombstone(
+        self,
+        idempotency_key: str,
+        state: KeyState,
+        result: ResultRecord,
+        fingerprint: str | None,
+    ) -> None:
         fields: dict[str, str | int] = {
             "s": TOMBSTONE_STATES[state] + RESULT_TYPE_CODES.get(result.type, "?"),
             "p": int(self._wall_clock()),
@@ -239,7 +259,7 @@ class IdempotencyStore:
         if result.task_id is not None:
             fields["t"] = result.task_id
         keys = [self.key(idempotency_key)]
-        args: list[str | int] = [self._retention_s, FP_TOMBSTONE_CHARS]
+        args: list[str | int] = [self._retention_s, FP_TOMBSTONE_CHARS, fingerprint or ""]
         args += [v for pair in fields.items() for v in pair]
         await self._batcher.call(
             lambda pipe: self._tombstone_script(keys=keys, args=args, client=pipe)
@@ -254,6 +274,25 @@ class IdempotencyStore:
             lambda pipe: self._mark_once(keys=keys, args=args, client=pipe)
         )
         return bool(added)
+
+    async def take_once(
+        self, idempotency_key: str, marker: str, token: str, lease_s: int
+    ) -> Literal["won", "busy", "done"]:
+        """Whether this process publishes the key's once-per-key result ``marker`` (its
+        idempotency_conflict), atomically across processes: ``won`` (a lease of ``lease_s``
+        taken: publish, then ``first_time`` remembers it), ``busy`` (another holds the lease)
+        or ``done`` (published already). A holder that dies before publishing loses the lease
+        when it runs out, so the result is not lost: the next such record publishes it."""
+        keys = [self.key(idempotency_key)]
+        args: list[str | int] = [self._retention_s, f"seen:{marker}", token, lease_s]
+        reply = _text(
+            await self._batcher.call(
+                lambda pipe: self._take_once(keys=keys, args=args, client=pipe)
+            )
+        )
+        if reply == "won":
+            return "won"
+        return "busy" if reply == "busy" else "done"
 
     async def refusal_status(self, idempotency_key: str, marker: str) -> RefusalStatus:
         """Whether a rejection decided without a claim (from the record alone) may be published:
@@ -354,4 +393,5 @@ def _tombstone_record(fields: dict[str, str]) -> IdempotencyRecord:
         task_id=fields.get("t"),
         result_type=_RESULT_TYPE_OF.get(code[1:]),
         published_at=format_ts(datetime.fromtimestamp(int(published), UTC)) if published else None,
+        short_fp=fields.get("fp"),
     )

@@ -153,6 +153,7 @@ class Work:
     raw: bytes | None  # the record's bytes, kept only until they are decoded into a request
     key: str | None = None
     request: RequestRecord | None = None
+    fingerprint: str | None = None  # the request's payload fingerprint, once claimed
     webhook_url: str | None = None
     refusal: ResultRecord | None = None  # a rejection decided from the record alone
     undecodable: DeadLetter | None = None  # why the record cannot be decoded at all

@@ -36,6 +36,7 @@ from relay.pipeline.decode import DeadLetter, Rejected, decode_request
 from relay.pipeline.follower import TaskFollower
 from relay.pipeline.handover import Handover
 from relay.pipeline.idempotency import (
+    FP_TOMBSTONE_CHARS,
     IdempotencyRecord,
     IdempotencyStore,
     KeyState,
@@ -173,6 +174,7 @@ class RequestSteps:
     async def claim(self, work: Work) -> Stage:
         key, rec = _require(work.key), _require(work.request)
         fingerprint = payload_fingerprint(rec.model, rec.input)
+        work.fingerprint = fingerprint
         claim = await self._store.claim(
             key,
             fingerprint,
@@ -185,14 +187,18 @@ class RequestSteps:
             # One idempotency_conflict result per key within the retention, whatever the
             # conflicting payloads: more would let anyone flood the results topic (and its
             # webhooks) under another producer's key. Later conflicts are dead-lettered.
+            # Taking the right to publish it is atomic in Redis (a lease, like the publish of a
+            # task's result): two processes with conflicting records at once publish one.
             marker = CONFLICT_MARKER
-            if await self._store.seen(key, marker):
+            token = work.publish_token or secrets.token_hex(8)
+            work.publish_token = token
+            if await self._store.take_once(key, marker, token, PUBLISH_LEASE_S) != "won":
                 work.raw = rec.model_dump_json(exclude_none=True).encode()
                 await self._dead_letter(
                     work,
                     CONFLICT_REASON,
                     "this idempotency key was already used with a different model or input; "
-                    "its idempotency_conflict result was published for an earlier record",
+                    "its idempotency_conflict result is published for another record",
                     extra=[("original.value", "re-encoded")],
                 )
                 self._outcomes.dedupe("rejected")
@@ -203,6 +209,7 @@ class RequestSteps:
                 "this idempotency key was already used with a different model or input",
                 model=rec.model,
                 metadata=rec.metadata,
+                variant=f"{CONFLICT_MARKER}:{fingerprint[:FP_TOMBSTONE_CHARS]}",
             )
             work.marker = marker
             return Stage.PUBLISH
@@ -216,7 +223,10 @@ class RequestSteps:
             return Stage.DONE
         if known.state == KeyState.TERMINAL and known.result is not None:
             self._outcomes.dedupe("terminal")
-            work.result, work.mark = known.result, KeyState.PUBLISHED
+            # A stored rejection stays one: its tombstone frees the key for a corrected request.
+            rejected = known.result.type == "request.rejected"
+            work.result = known.result
+            work.mark = KeyState.REJECTED if rejected else KeyState.PUBLISHED
             return Stage.PUBLISH
         if known.state == KeyState.SUBMITTED and known.task_id is not None:
             self._outcomes.dedupe("resumed")
@@ -359,12 +369,15 @@ class RequestSteps:
         return Stage.PUBLISH
 
     async def publish(self, work: Work) -> Stage:
-        """Publish the result; a task's result only by the process that wins the key's publish
-        compare-and-set (``IdempotencyStore.take_publish``), as stored in Redis."""
+        """Publish the result; a claimed request's result (a task's, or MindVideo's rejection)
+        only by the process that wins the key's publish compare-and-set
+        (``IdempotencyStore.take_publish``), as stored in Redis: two relays with the same key
+        and payload on two partitions publish one result."""
         if work.result is None:
             work.result = self._decided_result(work)
-        if work.mark == KeyState.PUBLISHED:
+        if work.mark in (KeyState.PUBLISHED, KeyState.REJECTED):
             body = work.body if work.body is not None else work.result.to_json_bytes()
+            work.body = body
             key = _require(work.key)
             token = work.publish_token or secrets.token_hex(8)
             work.publish_token = token
@@ -402,9 +415,9 @@ class RequestSteps:
         if work.marker is not None:
             await self._store.first_time(key, work.marker)
         if work.mark == KeyState.PUBLISHED:
-            await self._store.mark_published(key, result)
+            await self._store.mark_published(key, result, work.fingerprint)
         elif work.mark == KeyState.REJECTED:
-            await self._store.mark_rejected(key, result)
+            await self._store.mark_rejected(key, result, work.fingerprint)
         return Stage.DONE
 
     async def dead_letter_internal(self, work: Work, exc: BaseException) -> None:
@@ -439,7 +452,12 @@ class RequestSteps:
         key, rec, decided = _require(work.key), _require(work.request), _require(work.decided)
         if work.mark == KeyState.REJECTED:
             return rejection(
-                key, decided.code, decided.message, model=rec.model, metadata=rec.metadata
+                key,
+                decided.code,
+                decided.message,
+                model=rec.model,
+                metadata=rec.metadata,
+                variant=_require(work.fingerprint)[:FP_TOMBSTONE_CHARS],
             )
         return failed_result(key, rec, _require(work.known), decided.code, decided.message)
 

@@ -14,7 +14,7 @@ import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from relay.backoff import Backoff
 from relay.metrics import RelayMetrics
@@ -127,11 +127,15 @@ class FakeStore(IdempotencyStore):
             return PublishTurn("busy")
         return PublishTurn("won", fields["result"].encode())
 
-    async def mark_published(self, idempotency_key: str, result: ResultRecord) -> None:
+    async def mark_published(
+        self, idempotency_key: str, result: ResultRecord, fingerprint: str | None = None
+    ) -> None:
         _raise_next(self.errors, "mark_published")
         self.hashes[idempotency_key]["state"] = KeyState.PUBLISHED
 
-    async def mark_rejected(self, idempotency_key: str, result: ResultRecord) -> None:
+    async def mark_rejected(
+        self, idempotency_key: str, result: ResultRecord, fingerprint: str | None = None
+    ) -> None:
         self.hashes[idempotency_key].update(
             state=KeyState.REJECTED, result=result.model_dump_json()
         )
@@ -141,6 +145,14 @@ class FakeStore(IdempotencyStore):
         added = f"seen:{marker}" not in fields
         fields[f"seen:{marker}"] = "1"
         return added
+
+    async def take_once(
+        self, idempotency_key: str, marker: str, token: str, lease_s: int
+    ) -> Literal["won", "busy", "done"]:
+        fields = self.hashes.setdefault(idempotency_key, {})
+        if f"seen:{marker}" in fields:
+            return "done"
+        return "won" if fields.setdefault(f"lease:seen:{marker}", token) == token else "busy"
 
     async def seen(self, idempotency_key: str, marker: str) -> bool:
         return f"seen:{marker}" in self.hashes.get(idempotency_key, {})

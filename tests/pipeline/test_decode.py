@@ -67,7 +67,11 @@ def test_rejections_name_the_problem(change: dict[str, object], code: str, needl
     assert needle in decoded.result.error.message
     assert decoded.result.status == "rejected"
     assert decoded.result.cost_actual == 0.0
-    assert decoded.result.event_id == event_id_for("order-1", "request.rejected")
+    # One event id per distinct rejection of the key (its code and message): a corrected
+    # request rejected for another reason is not a copy of this one.
+    reason = f"{code}\x00{decoded.result.error.message}"
+    assert decoded.result.event_id == event_id_for("order-1", "request.rejected", reason)
+    assert decoded.result.event_id != event_id_for("order-1", "request.rejected")
 
 
 def test_missing_model_is_named() -> None:

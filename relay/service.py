@@ -271,6 +271,8 @@ class Relay:
             handover=self.handover,
         )
         self._consumer.on_broker_ok = self.kafka_health.ok
+        reachability = self._client.reachability
+        self._consumer.can_move = lambda: not reachability.unreachable
         self._consumer.subscribe()
         # Served before the group join: a slow join shows as /readyz "joining", not as silence.
         await self._start_http()

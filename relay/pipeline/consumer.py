@@ -99,6 +99,9 @@ class RequestConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         # Called after each broker round trip that succeeded (a commit, end offsets): the Kafka
         # health hook (relay/kafkahealth.py).
         self.on_broker_ok: Callable[[], None] = _nothing
+        # Whether in-flight work can make progress at all (MindVideo reachable): when it cannot,
+        # a drain hands it back at once instead of waiting out the grace period.
+        self.can_move: Callable[[], bool] = _always
 
     @property
     def in_flight(self) -> int:
@@ -189,12 +192,13 @@ class RequestConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
 
         Work that cannot move is not waited for: tasks parked behind the credentials gate are
         handed back at once (and any that park during the grace period), and while the gate is
-        closed there is no grace period at all. The next owner resumes all of it from Redis.
+        closed, or MindVideo cannot be reached at all (``can_move``), there is no grace period.
+        The next owner resumes all of it from Redis.
         """
         works = [*self._work.values(), *self._parked.values()]
         tasks = [t for w in works for t in w.tasks.values()]
         handed_back = self._handover.hand_back_parked()
-        if not self._gate.is_open:
+        if not self._gate.is_open or not self.can_move():
             grace_s = 0.0
         if tasks:
             log.info(
@@ -376,6 +380,10 @@ class RequestConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         for label in self._lag_labels:
             self._metrics.consumer_lag.remove(label)
         self._lag_labels = set()
+
+
+def _always() -> bool:
+    return True
 
 
 def _nothing() -> None:

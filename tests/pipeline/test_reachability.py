@@ -97,3 +97,33 @@ async def test_an_unreachable_mindvideo_is_reported_until_it_answers(
     loud = [e for e in logs if e["msg"] in per_retry and e["level"] != "debug"]
     assert loud == [], "no line per retry"
     assert any(entry["msg"] == "MindVideo answers again" for entry in logs)
+
+
+async def test_sigterm_while_mindvideo_is_unreachable_hands_the_work_back_at_once(
+    pipeline: Pipeline, unique: str
+) -> None:
+    """Work that cannot reach MindVideo cannot move: a SIGTERM does not wait out the grace period
+    for it (the operator's fix, a corrected base URL, is a rollout that pays that wait on every
+    pod). The next relay, pointed at MindVideo, finishes the request once."""
+    key, port = f"unreach-stop-{unique[:8]}", free_port()
+    relay, http_port = await pipeline.start_relay(
+        RELAY_MINDVIDEO_BASE_URL=f"http://127.0.0.1:{port}", RELAY_SHUTDOWN_GRACE_S="30"
+    )
+    await pipeline.produce(
+        [(key.encode(), json.dumps({"model": MODEL, "input": {"prompt": key}}).encode())]
+    )
+    deadline = time.monotonic() + 20
+    while await pipeline.metric(http_port, "relay_dependency_up", dependency="mindvideo") != 0:
+        assert time.monotonic() < deadline, "MindVideo never reported unreachable"
+        await asyncio.sleep(0.2)
+    assert await pipeline.metric(http_port, "relay_tasks_in_flight") == 1
+
+    started = time.monotonic()
+    assert relay.stop(timeout_s=60.0) == 0, "SIGTERM exits cleanly"
+    stopped_in_s = time.monotonic() - started
+    print(f"\nSIGTERM with MindVideo unreachable: exited in {stopped_in_s:.1f}s (grace 30 s)")
+    assert stopped_in_s < 10.0, "not the 30 s grace period: work that cannot move is handed back"
+
+    await pipeline.start_relay()
+    results = await pipeline.results({key}, 30.0)
+    assert [r.value["status"] for r in results] == ["succeeded"], results

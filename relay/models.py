@@ -66,6 +66,16 @@ def format_ts(moment: datetime) -> str:
     )
 
 
+# One letter per result type, for the compact records kept in Redis (idempotency tombstones,
+# webhook done markers); "?" stands for a type not listed.
+RESULT_TYPE_CODES = {
+    "task.succeeded": "s",
+    "task.failed": "f",
+    "task.cancelled": "c",
+    "request.rejected": "r",
+}
+
+
 def event_id_for(idempotency_key: str, result_type: str, variant: str = "") -> str:
     """Stable per key, type and ``variant``, so replays and webhook retries carry the same id.
 

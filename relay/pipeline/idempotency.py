@@ -27,7 +27,7 @@ from typing import Literal
 
 from redis.exceptions import RedisError
 
-from relay.models import ResultRecord, event_id_for, format_ts
+from relay.models import RESULT_TYPE_CODES, ResultRecord, event_id_for, format_ts
 from relay.pipeline import idempotency_scripts as scripts
 from relay.pipeline.batching import RedisBatcher
 from relay.redis import RedisClient
@@ -55,12 +55,6 @@ class KeyState(StrEnum):
 FP_TOMBSTONE_CHARS = 16
 TOMBSTONE_STATES = {KeyState.PUBLISHED: "p", KeyState.REJECTED: "r"}
 _TOMBSTONE_STATE_OF = {v: k for k, v in TOMBSTONE_STATES.items()}
-RESULT_TYPE_CODES = {
-    "task.succeeded": "s",
-    "task.failed": "f",
-    "task.cancelled": "c",
-    "request.rejected": "r",
-}
 _RESULT_TYPE_OF = {v: k for k, v in RESULT_TYPE_CODES.items()}
 
 # States in which a key belongs to a request: no record-level rejection is published for it.

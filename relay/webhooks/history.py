@@ -20,6 +20,8 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
+from relay.models import RESULT_TYPE_CODES
+
 MAX_HISTORY = 12
 ID_PREFIX_CHARS = 8  # unique among the few deliveries of one idempotency key
 
@@ -34,15 +36,9 @@ OUTCOME_CODES = {
     "error": "e",
 }
 FINISH_CODES = {"delivered": "d", "dead_lettered": "x", "gone": "g"}
-TYPE_CODES = {
-    "task.succeeded": "s",
-    "task.failed": "f",
-    "task.cancelled": "c",
-    "request.rejected": "r",
-}
 _OUTCOMES = {v: k for k, v in OUTCOME_CODES.items()}
 _FINISHES = {v: k for k, v in FINISH_CODES.items()}
-_TYPES = {v: k for k, v in TYPE_CODES.items()}
+_TYPES = {v: k for k, v in RESULT_TYPE_CODES.items()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +103,7 @@ class Tombstone:
     def encode(self) -> str:
         history = ",".join(a.encode() for a in self.attempts[-MAX_HISTORY:])
         finish = FINISH_CODES.get(self.finished, "?")
-        kind = TYPE_CODES.get(self.type, "?")
+        kind = RESULT_TYPE_CODES.get(self.type, "?")
         return f"\n{self.id_prefix} {finish} {kind} {self.origin} {history}"
 
 
@@ -131,7 +127,7 @@ class CompactDone:
     latency_ms: int
 
     def encode(self) -> str:
-        kind = TYPE_CODES.get(self.type, "?")
+        kind = RESULT_TYPE_CODES.get(self.type, "?")
         at = _base36(self.at_ms).rjust(AT_CHARS, "0")
         return f"{self.id_prefix}{kind}{self.origin_ref}{at}{_base36(self.latency_ms)}"
 
